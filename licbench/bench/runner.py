@@ -1,0 +1,242 @@
+"""Run codecs over a dataset: one job per image x codec x rate point, in parallel, resumable.
+
+Workers encode, decode, time and measure; the parent process writes each finished job to the
+results store as it arrives, so an interruption loses only the jobs in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from licbench.bench.metrics import image_metrics
+from licbench.codecs.base import Codec, CodecError, CodecTimeout, make_codec
+from licbench.image import ImageError, load_image
+from licbench.provenance import machine
+from licbench.store import OK, ResultStore
+
+
+@dataclass(frozen=True)
+class Job:
+    image_path: str
+    image: str
+    codec: str  # codec spec, e.g. "vvenc" or "vvenc:preset=slow"
+    rate: float
+
+
+@dataclass(frozen=True)
+class CodecPlan:
+    """One codec of a run, resolved in the parent: what identifies its rows in the store."""
+
+    spec: str
+    name: str
+    rates: tuple[float, ...]
+    rate_parameter: str
+    version: str
+    settings: dict[str, Any]
+    settings_hash: str
+
+
+def plan_codec(spec: str, rates: tuple[float, ...] | None = None) -> CodecPlan:
+    """Instantiate the codec once to check it can run and to fix its identity (settings + version)."""
+    codec = make_codec(spec)
+    availability = codec.availability()
+    if not availability.ok:
+        raise CodecError(f"codec {spec!r} is unavailable: {availability.reason}")
+    version = codec.version()
+    settings = {**codec.describe(), "version": version}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return CodecPlan(
+        spec=spec,
+        name=codec.name,
+        rates=tuple(float(r) for r in (rates or codec.default_rates)),
+        rate_parameter=codec.rate_parameter,
+        version=version,
+        settings=settings,
+        settings_hash=digest[:16],
+    )
+
+
+# Worker-side caches: a worker builds each codec (and loads each model) once, not once per job.
+_CODECS: dict[str, tuple[Codec, float]] = {}
+_IMAGES: dict[str, np.ndarray] = {}
+
+
+def _codec_for(spec: str) -> tuple[Codec, float | None]:
+    """The worker's codec instance, and its construction time on first use (model loading)."""
+    if spec in _CODECS:
+        return _CODECS[spec][0], None
+    start = time.perf_counter()
+    codec = make_codec(spec)
+    load_s = time.perf_counter() - start
+    _CODECS[spec] = (codec, load_s)
+    return codec, load_s
+
+
+def _image_for(path: str) -> np.ndarray:
+    if path not in _IMAGES:
+        if len(_IMAGES) >= 8:
+            _IMAGES.pop(next(iter(_IMAGES)))
+        _IMAGES[path] = load_image(Path(path))
+    return _IMAGES[path]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (CodecError, ImageError)) else f"{type(exc).__name__}: {text}"
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    """Run ``fn`` once (its result is kept); with repeats > 1 that run is a warm-up and the time is
+    the median of ``repeats`` further runs."""
+    start = time.perf_counter()
+    result = fn()
+    elapsed = time.perf_counter() - start
+    if repeats > 1:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        elapsed = statistics.median(times)
+    return result, elapsed
+
+
+def run_job(job: Job, timeout: float, repeats: int = 1) -> dict[str, Any]:
+    """Encode, decode and measure one image at one rate point; never raises for a codec or input
+    failure (the row records it)."""
+    row: dict[str, Any] = {
+        "image": job.image,
+        "codec": job.codec,
+        "rate": job.rate,
+        "host": machine()["host"],
+        "timing_repeats": repeats,
+    }
+    try:
+        image = _image_for(job.image_path)
+    except ImageError as exc:
+        return {**row, "status": "bad-input", "error": _one_line(exc)}
+    height, width = image.shape[:2]
+    row.update(width=width, height=height, image_sha256=hashlib.sha256(image.tobytes()).hexdigest())
+    try:
+        codec, load_s = _codec_for(job.codec)
+        row["codec_load_s"] = load_s
+        with tempfile.TemporaryDirectory(prefix="licbench-") as tmp:
+            workdir = Path(tmp)
+            encoded, row["encode_s"] = _timed(lambda: codec.encode(image, job.rate, workdir, timeout), repeats)
+            decoded, row["decode_s"] = _timed(lambda: codec.decode(encoded.bitstream, workdir, timeout), repeats)
+        nbytes = len(encoded.bitstream)
+        row.update(
+            bytes=nbytes,
+            bpp=8.0 * nbytes / (width * height),
+            bitstream_sha256=hashlib.sha256(encoded.bitstream).hexdigest(),
+            info=encoded.info or None,
+        )
+        if decoded.shape != image.shape or decoded.dtype != np.uint8:
+            raise CodecError(f"decoded image is {decoded.shape} {decoded.dtype}, expected {image.shape} uint8")
+        start = time.perf_counter()
+        row.update(image_metrics(image, decoded))
+        row["metrics_s"] = time.perf_counter() - start
+        if encoded.reconstruction is not None:
+            matches = bool(np.array_equal(encoded.reconstruction, decoded))
+            row["decoder_matches_encoder"] = int(matches)
+            if not matches:
+                differing = int(np.count_nonzero(np.any(encoded.reconstruction != decoded, axis=-1)))
+                return {
+                    **row,
+                    "status": "mismatch",
+                    "error": f"decoder output differs from the encoder's reconstruction at {differing} pixels",
+                }
+        return {**row, "status": OK}
+    except CodecTimeout as exc:
+        return {**row, "status": "timeout", "error": _one_line(exc)}
+    except Exception as exc:  # a codec may fail in any way; the run records it and goes on
+        return {**row, "status": "error", "error": _one_line(exc)}
+
+
+def pending_jobs(
+    store: ResultStore,
+    run: str,
+    dataset: str,
+    images: list[Path],
+    plans: list[CodecPlan],
+    retry_failed: bool = False,
+) -> list[Job]:
+    done = store.finished_keys(run, include_failed=not retry_failed)
+    jobs = []
+    for plan in plans:
+        for rate in plan.rates:
+            for path in images:
+                if (run, dataset, path.name, plan.spec, plan.settings_hash, rate) not in done:
+                    jobs.append(Job(str(path), path.name, plan.spec, rate))
+    return jobs
+
+
+def execute(
+    store: ResultStore,
+    run: str,
+    dataset: str,
+    jobs: list[Job],
+    plans: list[CodecPlan],
+    n_jobs: int = 1,
+    timeout: float = 600.0,
+    repeats: int = 1,
+    progress: bool = True,
+) -> int:
+    """Run ``jobs`` and store each result as it finishes; returns the number of failed jobs."""
+    by_spec = {p.spec: p for p in plans}
+    failed = 0
+    results: Iterator[dict[str, Any]] = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        delayed(run_job)(job, timeout, repeats) for job in jobs
+    )
+    with tqdm(total=len(jobs), unit="job", disable=not progress, dynamic_ncols=True) as bar:
+        for row in results:
+            plan = by_spec[row["codec"]]
+            store.add_result(
+                {
+                    **row,
+                    "run": run,
+                    "dataset": dataset,
+                    "codec_name": plan.name,
+                    "rate_parameter": plan.rate_parameter,
+                    "codec_version": plan.version,
+                    "settings": plan.settings,
+                    "settings_hash": plan.settings_hash,
+                }
+            )
+            if row["status"] != OK:
+                failed += 1
+                bar.write(f"FAILED {row['codec']} {plan.rate_parameter}={row['rate']:g} {row['image']}: {row['error']}")
+            bar.set_postfix_str(f"{row['codec']} {row['image']}", refresh=False)
+            bar.update()
+    return failed
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per codec and rate point: images done/failed, mean bpp and quality, median times."""
+    if frame.empty:
+        return pd.DataFrame()
+    frame = frame.assign(ok=frame["status"] == OK)
+    ok = frame[frame["ok"]]
+    stats = ok.groupby(["codec", "rate"]).agg(
+        bpp=("bpp", "mean"),
+        psnr_rgb=("psnr_rgb", "mean"),
+        psnr_y=("psnr_y", "mean"),
+        ms_ssim=("ms_ssim", "mean"),
+        encode_s=("encode_s", "median"),
+        decode_s=("decode_s", "median"),
+    )
+    counts = frame.groupby(["codec", "rate"]).agg(images=("ok", "sum"), failed=("ok", lambda s: int((~s).sum())))
+    table = counts.join(stats).reset_index()
+    return table.round({"bpp": 4, "psnr_rgb": 2, "psnr_y": 2, "ms_ssim": 4, "encode_s": 3, "decode_s": 3})

@@ -1,0 +1,250 @@
+"""The ``licbench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from licbench.store import DEFAULT_DB
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    return Path(args.db or os.environ.get("LICBENCH_DB") or DEFAULT_DB)
+
+
+def _parse_rates(values: list[str]) -> dict[str, tuple[float, ...]]:
+    rates = {}
+    for value in values:
+        spec, sep, numbers = value.rpartition("=")
+        if not sep or not spec:
+            raise SystemExit(f"licbench: --rates expects CODEC=R1,R2,..., got {value!r}")
+        try:
+            rates[spec] = tuple(float(n) for n in numbers.split(",") if n.strip())
+        except ValueError:
+            raise SystemExit(f"licbench: --rates {value!r}: rate points must be numbers") from None
+    return rates
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from licbench.bench.runner import execute, pending_jobs, plan_codec, summary_table
+    from licbench.codecs.base import CodecError
+    from licbench.datasets import resolve
+    from licbench.provenance import provenance
+    from licbench.store import ResultStore
+
+    dataset = resolve(args.dataset, data_dir=args.data_dir, limit=args.images)
+    rates = _parse_rates(args.rates)
+    specs = [s.strip() for s in args.codecs.split(",") if s.strip()]
+    unknown_rates = set(rates) - set(specs)
+    if unknown_rates:
+        raise SystemExit(f"licbench: --rates names codecs not in --codecs: {', '.join(sorted(unknown_rates))}")
+    plans = []
+    for spec in specs:
+        try:
+            plans.append(plan_codec(spec, rates.get(spec)))
+        except (CodecError, KeyError, ValueError) as exc:
+            print(f"licbench: skipping {spec}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+    if not plans:
+        print("licbench: no codec can run", file=sys.stderr)
+        return 2
+    run_name = args.run or dataset.name
+    with ResultStore(_db_path(args)) as store:
+        store.save_run(
+            run_name,
+            dataset.name,
+            provenance(
+                {
+                    "dataset": {"name": dataset.name, "images": [p.name for p in dataset.files]},
+                    "codecs": {p.spec: {"version": p.version, "settings": p.settings} for p in plans},
+                    "timing": {"repeats": args.repeats, "warm_up": args.repeats > 1, "jobs": args.jobs},
+                }
+            ),
+        )
+        jobs = pending_jobs(store, run_name, dataset.name, dataset.files, plans, args.retry_failed)
+        total = sum(len(p.rates) for p in plans) * len(dataset.files)
+        print(
+            f"run {run_name!r}: {len(dataset.files)} images x {len(plans)} codecs: "
+            f"{total} jobs, {total - len(jobs)} already done, {len(jobs)} to run",
+            file=sys.stderr,
+        )
+        start = time.perf_counter()
+        failed = execute(
+            store, run_name, dataset.name, jobs, plans, args.jobs, args.timeout, args.repeats, not args.no_progress
+        )
+        elapsed = time.perf_counter() - start
+        frame = store.results(run_name)
+    frame = frame[frame["codec"].isin([p.spec for p in plans])]
+    with _wide_pandas():
+        print(summary_table(frame).to_string(index=False))
+    print(
+        f"{len(jobs)} jobs in {elapsed:.1f} s, {failed} failed; results in {_db_path(args)} "
+        f"(run {run_name!r}); report: licbench report {run_name}",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+def _wide_pandas():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_rows", 500)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from licbench.store import ResultStore
+
+    with ResultStore(_db_path(args)) as store:
+        store.run_info(args.run)
+        frame = store.results(args.run)
+    out = Path(args.output)
+    fmt = args.format or out.suffix.lstrip(".").lower()
+    if fmt == "csv":
+        frame.to_csv(out, index=False)
+    elif fmt == "json":
+        frame.to_json(out, orient="records", indent=1)
+    elif fmt == "parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        raise SystemExit(f"licbench: unknown export format {fmt!r} (csv, json, parquet)")
+    print(f"{len(frame)} rows written to {out}")
+    return 0
+
+
+def cmd_codecs(args: argparse.Namespace) -> int:
+    from licbench.codecs.base import codec_class, codec_names
+
+    rows = []
+    for name in codec_names():
+        cls = codec_class(name)
+        try:
+            codec = cls()
+            availability = codec.availability()
+            version = codec.version() if availability.ok else "-"
+            status = "yes" if availability.ok else f"no: {availability.reason}"
+        except Exception as exc:  # an adapter that cannot even start is shown, not fatal
+            version, status = "-", f"no: {exc}"
+        rates = ",".join(f"{r:g}" for r in cls.default_rates)
+        rows.append((name, version, f"{cls.rate_parameter}={rates}", status, cls.description))
+    widths = [max(len(r[i]) for r in rows + [("codec", "version", "rates", "available", "")]) for i in range(3)]
+    print(f"{'codec':<{widths[0]}}  {'version':<{widths[1]}}  {'rates':<{widths[2]}}  available")
+    for name, version, rates, status, description in rows:
+        print(f"{name:<{widths[0]}}  {version:<{widths[1]}}  {rates:<{widths[2]}}  {status}")
+        if args.verbose and description:
+            print(f"    {description}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from licbench.datasets import describe_all, fetch, resolve, verify
+
+    if args.action == "list":
+        for info in describe_all():
+            print("  ".join(f"{k}={v}" for k, v in info.items()))
+        return 0
+    if not args.name:
+        raise SystemExit(f"licbench: datasets {args.action} needs a dataset name")
+    dataset = fetch(args.name) if args.action == "fetch" else resolve(args.name, download=False)
+    problems = verify(dataset)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{dataset.name}: {len(dataset.files)} images, {'OK' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from licbench.report.html import write_report
+
+    out = write_report(_db_path(args), args.run, anchor=args.anchor, out_dir=args.output)
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from licbench.report.check import run_check
+
+    return run_check(_db_path(args), args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from licbench.train import main as train_main
+
+    return train_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="licbench", description=__doc__)
+    parser.add_argument("--db", help=f"results database (default $LICBENCH_DB or {DEFAULT_DB})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run codecs over a dataset into the results store")
+    run.add_argument("--codecs", required=True, help="comma-separated codec specs: name[:key=value...]")
+    run.add_argument("--dataset", required=True, help="dataset name (kodak, clic, tecnick) or an image folder")
+    run.add_argument("--data-dir", type=Path, help="folder holding the dataset (before $LICBENCH_DATA)")
+    run.add_argument("--images", type=int, help="use only the first N images")
+    run.add_argument("--rates", action="append", default=[], metavar="CODEC=R1,R2,...", help="override rate points")
+    run.add_argument("--jobs", type=int, default=1, help="parallel jobs (default 1)")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds per encode or decode (default 600)")
+    run.add_argument("--repeats", type=int, default=1, help="timing: N>1 runs a warm-up, then N timed runs, and keeps the median (default 1)")
+    run.add_argument("--run", help="run name (default: the dataset name)")
+    run.add_argument("--retry-failed", action="store_true", help="recompute failed rows")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="write an HTML report of a run")
+    report.add_argument("run")
+    report.add_argument("--anchor", help="anchor codec for BD-rates (a codec of the run or published:ID)")
+    report.add_argument("--output", type=Path, help="output folder (default reports/RUN)")
+    report.set_defaults(func=cmd_report)
+
+    check = sub.add_parser("check", help="compare a run's BD-rates with a committed baseline")
+    check.add_argument("--baseline", type=Path, required=True)
+    check.add_argument("--run", help="run to check (default: the baseline's run name)")
+    check.add_argument("--tolerance", type=float, default=None, help="allowed BD-rate increase in percent points")
+    check.add_argument("--update", action="store_true", help="rewrite the baseline from the run")
+    check.add_argument("--history", type=Path, help="history file (default: next to the baseline)")
+    check.set_defaults(func=cmd_check)
+
+    export = sub.add_parser("export", help="export a run's rows to CSV, JSON or Parquet")
+    export.add_argument("run")
+    export.add_argument("output")
+    export.add_argument("--format", choices=["csv", "json", "parquet"])
+    export.set_defaults(func=cmd_export)
+
+    codecs = sub.add_parser("codecs", help="list codecs, their availability and versions")
+    codecs.add_argument("-v", "--verbose", action="store_true")
+    codecs.set_defaults(func=cmd_codecs)
+
+    datasets = sub.add_parser("datasets", help="list, fetch or verify datasets")
+    datasets.add_argument("action", choices=["list", "fetch", "verify"], nargs="?", default="list")
+    datasets.add_argument("name", nargs="?")
+    datasets.set_defaults(func=cmd_datasets)
+
+    train = sub.add_parser("train", help="train a learned codec")
+    try:
+        from licbench.train import add_arguments
+    except ImportError:  # the trainer is optional at import time of the CLI
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("licbench: interrupted; finished results are saved, run again to resume", file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, OSError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"licbench: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The results store: SQLite, one row per run x dataset image x codec settings x rate point.
+
+Each finished job is written in its own transaction, so an interrupted run loses at most the jobs
+in flight and a re-run skips what is already there (the UNIQUE key makes duplicates impossible).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+DEFAULT_DB = Path("results") / "licbench.sqlite"
+
+# Result statuses. "ok" rows carry metrics; the others carry the one-line error text.
+OK = "ok"
+FAILED_STATUSES = ("error", "timeout", "mismatch", "bad-input")
+
+RESULT_COLUMNS: dict[str, str] = {
+    "run": "TEXT NOT NULL",
+    "dataset": "TEXT NOT NULL",
+    "image": "TEXT NOT NULL",
+    "codec": "TEXT NOT NULL",  # the codec spec as the user wrote it: "vvenc" or "vvenc:preset=slow"
+    "settings_hash": "TEXT NOT NULL",
+    "rate": "REAL NOT NULL",
+    "codec_name": "TEXT",
+    "rate_parameter": "TEXT",
+    "codec_version": "TEXT",
+    "settings": "TEXT",  # JSON: the codec's describe(), colour pipeline included
+    "image_sha256": "TEXT",
+    "width": "INTEGER",
+    "height": "INTEGER",
+    "status": "TEXT NOT NULL",
+    "error": "TEXT",
+    "bytes": "INTEGER",
+    "bpp": "REAL",
+    "psnr_rgb": "REAL",
+    "psnr_y": "REAL",
+    "ms_ssim": "REAL",
+    "ms_ssim_db": "REAL",
+    "encode_s": "REAL",
+    "decode_s": "REAL",
+    "timing_repeats": "INTEGER",
+    "codec_load_s": "REAL",
+    "metrics_s": "REAL",
+    "bitstream_sha256": "TEXT",
+    "decoder_matches_encoder": "INTEGER",
+    "info": "TEXT",  # JSON: codec-specific extras (passes, padding, ...)
+    "host": "TEXT",
+    "finished_at": "TEXT",
+}
+KEY = ("run", "dataset", "image", "codec", "settings_hash", "rate")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultStore:
+    def __init__(self, path: Path | str = DEFAULT_DB) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=60)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        columns = ",\n  ".join(f"{name} {kind}" for name, kind in RESULT_COLUMNS.items())
+        with self._conn:
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS runs (name TEXT PRIMARY KEY, created TEXT, updated TEXT,"
+                " dataset TEXT, provenance TEXT)"
+            )
+            self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS results (\n  {columns},\n  UNIQUE ({', '.join(KEY)}))"
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def save_run(self, name: str, dataset: str, provenance: dict[str, Any]) -> None:
+        """Create the run or refresh its provenance (a resumed run records its latest invocation)."""
+        now = _now()
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO runs (name, created, updated, dataset, provenance) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET updated=excluded.updated, dataset=excluded.dataset,"
+                " provenance=excluded.provenance",
+                (name, now, now, dataset, json.dumps(provenance, sort_keys=True, default=str)),
+            )
+
+    def run_info(self, name: str) -> dict[str, Any]:
+        row = self._conn.execute(
+            "SELECT name, created, updated, dataset, provenance FROM runs WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            known = ", ".join(self.run_names()) or "none"
+            raise KeyError(f"no run named {name!r} in {self.path} (runs: {known})")
+        return {
+            "name": row[0],
+            "created": row[1],
+            "updated": row[2],
+            "dataset": row[3],
+            "provenance": json.loads(row[4]),
+        }
+
+    def run_names(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM runs ORDER BY created")]
+
+    def finished_keys(self, run: str, include_failed: bool = True) -> set[tuple]:
+        """Keys of the rows already computed for ``run`` (failed ones too unless asked not to)."""
+        query = f"SELECT {', '.join(KEY)} FROM results WHERE run = ?"
+        if not include_failed:
+            query += " AND status = 'ok'"
+        return {tuple(r) for r in self._conn.execute(query, (run,))}
+
+    def add_result(self, row: dict[str, Any]) -> None:
+        """Write one job's result atomically (replacing a failed attempt with the same key)."""
+        row = {**row, "finished_at": row.get("finished_at") or _now()}
+        for key in ("settings", "info"):
+            if isinstance(row.get(key), dict):
+                row[key] = json.dumps(row[key], sort_keys=True, default=str)
+        unknown = set(row) - set(RESULT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown result columns: {sorted(unknown)}")
+        names = list(row)
+        with self._conn:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO results ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' for _ in names)})",
+                [row[n] for n in names],
+            )
+
+    def results(self, run: str | None = None, statuses: Iterable[str] | None = None) -> pd.DataFrame:
+        query, params = "SELECT * FROM results WHERE 1=1", []
+        if run is not None:
+            query += " AND run = ?"
+            params.append(run)
+        if statuses is not None:
+            statuses = list(statuses)
+            query += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params.extend(statuses)
+        return pd.read_sql_query(query + " ORDER BY codec, rate, image", self._conn, params=params)
