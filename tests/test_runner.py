@@ -1,0 +1,136 @@
+"""The runner and results store end to end, through the real command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import PLUGIN_DIR, licbench_cli
+
+
+def rows(db: Path) -> pd.DataFrame:
+    with sqlite3.connect(db) as conn:
+        return pd.read_sql_query("SELECT * FROM results", conn)
+
+
+def test_run_stores_every_job_and_rerun_does_no_work(tmp_path, image_folder):
+    db = tmp_path / "r.sqlite"
+    first = licbench_cli("run", "--codecs", "toy-quant", "--dataset", str(image_folder), "--no-progress", db=db)
+    assert first.returncode == 0, first.stderr
+    table = rows(db)
+    assert len(table) == 3 * 4 and (table["status"] == "ok").all()
+    # bpp comes from the bytes written, header included
+    assert (table["bpp"] == 8 * table["bytes"] / (table["width"] * table["height"])).all()
+    # a coarser step costs fewer bits and more distortion
+    mean = table.groupby("rate")[["bpp", "psnr_rgb"]].mean().sort_index()
+    assert mean["bpp"].is_monotonic_decreasing and mean["psnr_rgb"].is_monotonic_decreasing
+    assert table["ms_ssim"].between(0, 1).all()
+    assert (table["decoder_matches_encoder"] == 1).all()
+    assert "step" in first.stdout and "toy-quant" in first.stdout  # the summary table
+
+    again = licbench_cli("run", "--codecs", "toy-quant", "--dataset", str(image_folder), "--no-progress", db=db)
+    assert again.returncode == 0, again.stderr
+    assert "12 already done, 0 to run" in again.stderr
+    after = rows(db)
+    assert len(after) == 12
+    assert list(after["finished_at"]) == list(table["finished_at"])
+
+
+def test_killed_run_resumes_without_duplicates_or_losses(tmp_path, image_folder):
+    db = tmp_path / "r.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(PLUGIN_DIR)}
+    cmd = [sys.executable, "-m", "licbench.cli", "--db", str(db), "run", "--codecs", "toy-quant:delay=0.4",
+           "--dataset", str(image_folder), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if db.exists() and 3 <= _count(db) < 12:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = rows(db)
+    assert 3 <= len(done_before) < 12
+    resumed = licbench_cli("run", "--codecs", "toy-quant:delay=0.4", "--dataset", str(image_folder), "--no-progress", db=db)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(done_before)} already done, {12 - len(done_before)} to run" in resumed.stderr
+    after = rows(db)
+    assert len(after) == 12
+    assert not after.duplicated(["image", "codec", "rate"]).any()
+    kept = after.set_index(["image", "rate"]).loc[done_before.set_index(["image", "rate"]).index]
+    assert list(kept["finished_at"]) == list(done_before["finished_at"])  # not recomputed
+
+
+def _count(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_crash_and_hang_are_recorded_and_the_run_goes_on(tmp_path, image_folder):
+    db = tmp_path / "r.sqlite"
+    start = time.monotonic()
+    result = licbench_cli(
+        "run", "--codecs", "crashing,hanging,toy-quant", "--dataset", str(image_folder), "--images", "1",
+        "--rates", "crashing=8", "--rates", "hanging=8", "--timeout", "2", "--jobs", "2", "--no-progress", db=db,
+    )
+    assert time.monotonic() - start < 60
+    assert result.returncode == 1  # failures make the exit status non-zero
+    table = rows(db).set_index("codec")
+    assert table.loc["crashing", "status"] == "error"
+    assert "killed by signal SIGSEGV" in table.loc["crashing", "error"]
+    assert table.loc["hanging", "status"] == "timeout"
+    assert "timed out after 2 s" in table.loc["hanging", "error"]
+    assert (rows(db).query("codec == 'toy-quant'")["status"] == "ok").sum() == 4
+    assert "FAILED crashing" in result.stderr
+
+
+def test_bad_images_are_recorded_with_the_file_named(tmp_path, image_folder):
+    (image_folder / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    db = tmp_path / "r.sqlite"
+    result = licbench_cli("run", "--codecs", "toy-quant", "--rates", "toy-quant=8", "--dataset", str(image_folder),
+                          "--no-progress", db=db)
+    assert result.returncode == 1
+    table = rows(db).set_index("image")
+    assert table.loc["zz-corrupt.png", "status"] == "bad-input"
+    assert "zz-corrupt.png" in table.loc["zz-corrupt.png", "error"]
+    assert "\n" not in table.loc["zz-corrupt.png", "error"]
+    assert (table.drop(index="zz-corrupt.png")["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_export(tmp_path, image_folder, fmt):
+    db = tmp_path / "r.sqlite"
+    assert licbench_cli("run", "--codecs", "toy-quant", "--rates", "toy-quant=8,16", "--dataset", str(image_folder),
+                        "--run", "exp", "--no-progress", db=db).returncode == 0
+    out = tmp_path / f"rows.{fmt}"
+    result = licbench_cli("export", "exp", str(out), db=db)
+    assert result.returncode == 0, result.stderr
+    frame = {"csv": pd.read_csv, "json": pd.read_json, "parquet": pd.read_parquet}[fmt](out)
+    assert len(frame) == 6
+    assert sorted(frame["rate"].unique()) == [8, 16]
+    assert frame["psnr_rgb"].notna().all()
+
+
+def test_codecs_lists_plugins_and_availability(tmp_path):
+    result = licbench_cli("codecs", db=tmp_path / "r.sqlite")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert {"toy-quant", "crashing", "hanging"} <= set(lines)
+    assert "yes" in lines["toy-quant"] and "step=32,16,8,4" in lines["toy-quant"]
+
+
+def test_unknown_codec_setting_is_a_clear_error(tmp_path, image_folder):
+    result = licbench_cli("run", "--codecs", "toy-quant:speed=3", "--dataset", str(image_folder), db=tmp_path / "r.sqlite")
+    assert result.returncode == 2
+    assert "unknown setting(s) ['speed']" in result.stderr
