@@ -236,7 +236,8 @@ def _bd_pair(
         warnings.simplefilter("always", BDOverlapWarning)
         rate_gap = _bd_rate_gap(anchor[0], anchor[1], test[0], test[1], method)
         quality_gap = _bd_quality_gap(anchor[0], anchor[1], test[0], test[1], method)
-    return _percent(rate_gap.mean_gap), quality_gap.mean_gap, rate_gap.overlap_fraction, [str(w.message) for w in caught]
+    messages = [str(w.message) for w in caught]
+    return _percent(rate_gap.mean_gap), quality_gap.mean_gap, rate_gap.overlap_fraction, messages
 
 
 def _bd_average_curve(
@@ -286,7 +287,8 @@ def _bd_per_image_mean(df: pd.DataFrame, anchor: str, codec: str, metric: str, m
         result.bd_quality = float(np.mean(quality_values))
         result.overlap_fraction = float(np.mean(overlaps))
     if failures:
-        messages.insert(0, f"BD failed for {len(failures)}/{len(images)} images (excluded from the mean): " + "; ".join(failures))
+        failed = f"BD failed for {len(failures)}/{len(images)} images (excluded from the mean): "
+        messages.insert(0, failed + "; ".join(failures))
     result.note = _one_line(messages)
     return result
 
@@ -319,12 +321,15 @@ def bd_table(
     codecs = list(dict.fromkeys(df["codec"]))
     if anchor_curve is not None:
         if aggregation != "average-curve":
-            raise BDError("a supplied anchor_curve is an average over images; per-image-mean needs per-image anchor results")
+            raise BDError(
+                "a supplied anchor_curve is an average over images; per-image-mean needs per-image anchor results"
+            )
         anchor_bpp, anchor_quality = (np.asarray(values, dtype=float) for values in anchor_curve)
         test_codecs = codecs
     else:
         if anchor not in codecs:
-            raise BDError(f"anchor codec {anchor!r} is not in the results; codecs present: {', '.join(map(str, codecs))}")
+            present = ", ".join(map(str, codecs))
+            raise BDError(f"anchor codec {anchor!r} is not in the results; codecs present: {present}")
         test_codecs = [c for c in codecs if c != anchor]
 
     rows = []
@@ -334,7 +339,8 @@ def bd_table(
             anchor_rows = curves[curves["codec"] == anchor]
             anchor_bpp, anchor_quality = anchor_rows["bpp"].to_numpy(), anchor_rows[metric].to_numpy()
         for codec in test_codecs:
-            rows.append((codec, _bd_average_curve(curves, (anchor_bpp, anchor_quality), codec, metric, method), len(anchor_bpp)))
+            result = _bd_average_curve(curves, (anchor_bpp, anchor_quality), codec, metric, method)
+            rows.append((codec, result, len(anchor_bpp)))
     else:
         n_anchor_points = int(df[df["codec"] == anchor].groupby("image").size().min())
         for codec in test_codecs:
