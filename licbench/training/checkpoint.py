@@ -1,0 +1,205 @@
+"""Checkpoints: atomic writes, safe loading, RNG state, and export of a shippable model file.
+
+Both file kinds hold only plain data and tensors, so they load with
+``torch.load(path, weights_only=True)`` (no pickled code runs):
+
+* training checkpoint (``format`` = :data:`CHECKPOINT_FORMAT`): model config, state_dict,
+  optimizer states, schedule, step, RNG states, training record and history; enough to resume.
+* exported model (``format`` = :data:`MODEL_FORMAT`): model config, state_dict with the entropy
+  coding tables, training record and history; what a codec adapter loads (:func:`load_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = "licbench-checkpoint-v1"
+MODEL_FORMAT = "licbench-model-v1"
+
+
+def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
+    """torch.save ``payload`` to ``path`` via a temporary file in the same folder and os.replace,
+    so a crash mid-write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint or exported model file, loaded with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises assorted types for foreign or damaged files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a loadable checkpoint ({first_line})") from None
+    if not isinstance(payload, dict) or payload.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not a licbench checkpoint (format {found!r})")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and Python global RNG states as tensors and plain lists."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": {
+            "bit_generator": np_state[0],
+            "key": np_state[1].tolist(),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["bit_generator"],
+            np.asarray(np_state["key"], dtype=np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss_next"]))
+
+
+def build_from_payload(payload: dict[str, Any]) -> torch.nn.Module:
+    """The model described by a checkpoint or exported file, with its weights (float32)."""
+    from licbench.models import build_model
+
+    model = build_model(**payload["model"])
+    # Exported files store most weights as float16; copying into the float32 model upcasts them.
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A model ready to code images (eval mode, entropy tables present) from either file kind."""
+    payload = load_checkpoint(path, map_location="cpu")
+    model = build_from_payload(payload)
+    if payload["format"] == CHECKPOINT_FORMAT:
+        model.update(force=True)  # a training checkpoint has no coding tables yet
+    return model.to(device).eval()
+
+
+def _entropy_model_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """state_dict prefixes of every CompressAI entropy model (bottlenecks, Gaussian conditionals)."""
+    from compressai.entropy_models import EntropyModel
+
+    return tuple(f"{name}." for name, module in model.named_modules() if isinstance(module, EntropyModel))
+
+
+def shippable_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(state_dict for shipping, names of the tensors stored as float16).
+
+    Float tensors of the transforms and context networks become float16 when every value stays
+    finite; encoder and decoder both load these same rounded weights, so they stay in step. Every
+    tensor of an entropy model (quantiles, CDF tables, offsets, lengths, scale table, and the
+    density parameters the tables were built from) keeps its dtype bit-exactly: the coder must see
+    exactly the tables the model was updated with.
+    """
+    keep_exact = _entropy_model_prefixes(model)
+    shipped, halved = {}, []
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and not name.startswith(keep_exact):
+            half = tensor.to(torch.float16)
+            if torch.isfinite(half).all():
+                shipped[name] = half
+                halved.append(name)
+                continue
+        shipped[name] = tensor.clone()
+    return shipped, halved
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, check_images: Sequence[str | Path] | None = None
+) -> dict[str, Any]:
+    """Write the shippable model file ``out`` from a training checkpoint and describe it.
+
+    The file has the model config, a :func:`shippable_state_dict` including the entropy coding
+    tables (``model.update(force=True)`` is run first), the training record and history.
+    ``check_images`` (default: the checkpoint's held-out validation images, where they still
+    exist) measure what the float16 rounding costs: per rate point, bpp and PSNR with the float32
+    weights and with the shipped ones. Returns {"path", "sha256", "bytes", "step", "fp16_tensors",
+    "exact_tensors", "check"}.
+    """
+    from licbench.training.data import image_tensor
+    from licbench.training.evaluate import evaluate_images
+
+    payload = load_checkpoint(checkpoint)
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"{checkpoint}: already an exported model file, not a training checkpoint")
+    model = build_from_payload(payload).eval()
+    model.update(force=True)
+    state_dict, halved = shippable_state_dict(model)
+    save_atomic(
+        {
+            "format": MODEL_FORMAT,
+            "model": payload["model"],
+            "state_dict": state_dict,
+            "step": payload["step"],
+            "training": payload["training"],
+            "history": payload["history"],
+        },
+        out,
+    )
+    if check_images is None:
+        check_images = [p for p in payload["training"]["data"]["val_files"] if Path(p).is_file()]
+    check: dict[str, Any] = {"images": [str(p) for p in check_images]}
+    if check_images:
+        images = [image_tensor(Path(p)) for p in check_images]
+        lambdas = payload["training"]["settings"]["lambdas"]
+        metric = payload["training"]["settings"]["metric"]
+        full = evaluate_images(model, images, lambdas, metric)
+        shipped = evaluate_images(load_model(out), images, lambdas, metric)
+        check["float32"] = full
+        check["shipped"] = shipped
+        check["max_abs_delta_bpp"] = max(abs(a["bpp"] - b["bpp"]) for a, b in zip(full, shipped))
+        check["max_abs_delta_psnr"] = max(abs(a["psnr"] - b["psnr"]) for a, b in zip(full, shipped))
+    return {
+        "path": str(out),
+        "sha256": file_sha256(out),
+        "bytes": Path(out).stat().st_size,
+        "step": payload["step"],
+        "fp16_tensors": len(halved),
+        "exact_tensors": len(state_dict) - len(halved),
+        "check": check,
+    }
