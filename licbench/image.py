@@ -81,6 +81,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"too many pixels for a test image ({exc})") from None
     except Image.UnidentifiedImageError:
+        if png_header is not None:  # Pillow reports a PNG cut inside its first chunks this way
+            raise ImageError(path, "truncated or corrupt image (unreadable data after the PNG header)") from None
         raise ImageError(path, "not a recognised image format") from None
     except _DECODE_ERRORS as exc:
         raise ImageError(path, f"truncated or corrupt image ({exc})") from None

@@ -18,6 +18,8 @@ from licbench.datasets.errors import DatasetError, UnsafeArchiveError
 
 _CORRUPT_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError)
 _DRIVE_PREFIX = re.compile(r"^[A-Za-z]:")
+# Many archivers store permission bits only (file type 0): those members are regular files.
+_SPECIAL_FILE_TYPES = {stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Member:
         kind, target = "dir", ""
     elif stat.S_ISLNK(mode):
         kind, target = "link", zf.read(info).decode(errors="replace")
-    elif mode and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+    elif stat.S_IFMT(mode) in _SPECIAL_FILE_TYPES:
         kind, target = "special", ""
     else:
         kind, target = "file", ""

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".we
 SUMS_FILE = "SHA256SUMS"  # per-file checksums in a dataset folder, in `sha256sum` format
 _HASH_CACHE_FILE = "verified.json"
 _DOWNLOADS = "downloads"
+_RACY_MARGIN_NS = 2_000_000_000
 
 
 @dataclass
@@ -290,7 +292,9 @@ def _cached_sha256(files: list[Path], recheck: bool) -> dict[Path, str]:
 
     The cache is a JSON file in the cache root, so read-only data folders can be checked once
     and then trusted cheaply; when the cache cannot be written the hashes are simply recomputed
-    next time.
+    next time. As in git's "racy" check, a hash is reused only if the file's mtime was well
+    before the hashing: file systems with coarse timestamps can give a file rewritten just
+    after hashing the same mtime.
     """
     if not files:
         return {}
@@ -304,11 +308,18 @@ def _cached_sha256(files: list[Path], recheck: bool) -> dict[Path, str]:
         stat = path.stat()
         key = str(path.resolve())
         entry = cache.get(key)
-        if not recheck and entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+        if (
+            not recheck
+            and isinstance(entry, list)
+            and len(entry) == 4
+            and entry[:2] == [stat.st_size, stat.st_mtime_ns]
+            and stat.st_mtime_ns < entry[3] - _RACY_MARGIN_NS
+        ):
             result[path] = entry[2]
             continue
+        hashed_at = time.time_ns()
         result[path] = image_sha256(path)
-        cache[key] = [stat.st_size, stat.st_mtime_ns, result[path]]
+        cache[key] = [stat.st_size, stat.st_mtime_ns, result[path], hashed_at]
         changed = True
     if changed:
         try:
@@ -373,7 +384,7 @@ def _fetch_archive(source: DatasetSource, mirror: str | None) -> Path:
         staging = Path(tmp) / source.name
         extracted = extract_images(archive, staging, archive_info.member_pattern)
         _check_extracted(source, archive, staging, extracted)
-        _write_sums(staging, _cached_sha256(extracted, recheck=True))
+        _write_sums(staging, {path.name: image_sha256(path) for path in extracted})
         if folder.exists():  # an incomplete earlier copy
             shutil.rmtree(folder)
         os.replace(staging, folder)
