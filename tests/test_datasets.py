@@ -58,6 +58,7 @@ class FileServer:
     root: Path  # served as http://127.0.0.1:PORT/
     url: str
     requests: list[str]
+    cut_short: set[str]  # paths answered with a full Content-Length but only half the bytes
 
 
 @pytest.fixture
@@ -66,6 +67,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServ
     root = tmp_path / "served"
     root.mkdir()
     requests: list[str] = []
+    cut_short: set[str] = set()
 
     class Handler(SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs) -> None:
@@ -73,7 +75,15 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServ
 
         def do_GET(self) -> None:
             requests.append(self.path)
-            super().do_GET()
+            if self.path not in cut_short:
+                super().do_GET()
+                return
+            data = (root / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
 
         def log_message(self, format: str, *args) -> None:
             pass
@@ -83,7 +93,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServ
     thread.start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     monkeypatch.setenv("LICBENCH_MIRROR", url)
-    yield FileServer(root, url, requests)
+    yield FileServer(root, url, requests, cut_short)
     httpd.shutdown()
     httpd.server_close()
     thread.join()
@@ -206,6 +216,16 @@ def test_http_error_is_reported_and_nothing_is_left(server: FileServer, isolated
     assert _leftovers(isolated_environment / "kodak") == []
 
 
+def test_interrupted_transfer_is_reported_and_nothing_is_left(
+    server: FileServer, isolated_environment: Path
+) -> None:
+    _serve(server, "kodak", "kodim01.png", (KODAK / "kodim01.png").read_bytes())
+    server.cut_short.add("/kodak/kodim01.png")
+    with pytest.raises(DownloadError, match=r"kodak/kodim01\.png failed"):
+        resolve("kodak", limit=1)
+    assert _leftovers(isolated_environment / "kodak") == []
+
+
 def test_mirror_parameter_overrides_environment(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
     _serve(server, "kodak", "kodim01.png", (KODAK / "kodim01.png").read_bytes())
     monkeypatch.setenv("LICBENCH_MIRROR", "http://127.0.0.1:9/nowhere")
@@ -253,6 +273,23 @@ def test_archive_with_wrong_md5_is_refused(
     with pytest.raises(ChecksumError, match="toy.zip .*md5 mismatch"):
         resolve("toyclic")
     assert _leftovers(isolated_environment) == []
+
+
+def test_archive_put_in_downloads_by_hand_is_used_after_checking(
+    monkeypatch: pytest.MonkeyPatch, isolated_environment: Path
+) -> None:
+    """No server here: an archive fetched in a browser is placed in the cache's downloads folder."""
+    archive = _zip_bytes({"x/a.png": _tiny_png(1)})
+    _toy_archive_dataset(monkeypatch, archive, count=1)
+    downloads = isolated_environment / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "toy.zip").write_bytes(archive[:-1] + b"?")
+    with pytest.raises(ChecksumError, match=r"toy\.zip: md5 mismatch .*delete it to download again"):
+        resolve("toyclic")
+    (downloads / "toy.zip").write_bytes(archive)
+    dataset = resolve("toyclic")
+    assert [p.name for p in dataset.files] == ["a.png"]
+    assert not (downloads / "toy.zip").exists()
 
 
 def test_tecnick_trusts_first_download_then_checks_later_ones(
@@ -351,9 +388,9 @@ def test_unsafe_archive_from_server_leaves_nothing(
     archive = _zip_bytes({"a.png": _tiny_png(1), "../../evil.png": _tiny_png(2)})
     _toy_archive_dataset(monkeypatch, archive, count=1)
     _serve(server, "toyclic", "toy.zip", archive)
-    with pytest.raises(UnsafeArchiveError, match=r"toy\.zip: \.\./\.\./evil\.png"):
+    with pytest.raises(UnsafeArchiveError, match=r"toy\.zip: \.\./\.\./evil\.png .*the archive was deleted"):
         resolve("toyclic")
-    assert not (isolated_environment / "toyclic").exists()
+    assert _leftovers(isolated_environment) == []
     assert not list(tmp_path.rglob("evil.png"))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from licbench.datasets.archive import extract_images
 from licbench.datasets.catalogue import KNOWN_DATASETS, Checksum, DatasetSource
-from licbench.datasets.download import download
+from licbench.datasets.download import download as download_file
 from licbench.datasets.errors import ChecksumError, DatasetError
 from licbench.image import ImageError, image_sha256, load_image
 
@@ -99,7 +99,7 @@ def verify(dataset: Dataset, recheck: bool = False) -> list[str]:
 
     Files with a known sha256 are checked against it (hashes cached by size and mtime unless
     ``recheck``); files without one are decoded with :func:`licbench.image.load_image`. A
-    dataset with fewer images than it should have is reported too.
+    complete known dataset with another number of images than it should have is reported too.
     """
     problems = [f"{path}: file is missing" for path in dataset.files if not path.is_file()]
     present = [path for path in dataset.files if path.is_file()]
@@ -117,13 +117,13 @@ def verify(dataset: Dataset, recheck: bool = False) -> list[str]:
     return problems
 
 
-def describe_all(data_dir: Path | str | None = None) -> list[dict[str, str | int]]:
+def describe_all() -> list[dict[str, str | int]]:
     """One row per known dataset: name, images, location (or "not downloaded"), source,
     checksum kind and licence. Nothing is downloaded or hashed."""
     rows = []
     for source in KNOWN_DATASETS.values():
         try:
-            found = _locate(source, _as_path(data_dir), limit=None, download=False)
+            found = _locate(source, data_dir=None, limit=None, download=False)
             location = str(found[0]) if found else "not downloaded"
         except DatasetError as exc:
             location = f"incomplete: {exc}"
@@ -347,7 +347,7 @@ def _download_into_cache(source: DatasetSource, limit: int | None, mirror: str |
             target = folder / name
             if not target.is_file():
                 url = _mirror_url(source, name, source.file_base_url + name, mirror)
-                download(url, target, Checksum("sha256", source.file_sha256[name]))
+                download_file(url, target, Checksum("sha256", source.file_sha256[name]))
         return folder
     return _fetch_archive(source, mirror)
 
@@ -371,7 +371,8 @@ def _fetch_archive(source: DatasetSource, mirror: str | None) -> Path:
         if archive.is_file():  # left over from an interrupted run, or put there by hand
             sha256 = _check_existing_archive(archive, expected)
         else:
-            sha256 = download(_mirror_url(source, archive_info.filename, archive_info.url, mirror), archive, expected)
+            url = _mirror_url(source, archive_info.filename, archive_info.url, mirror)
+            sha256 = download_file(url, archive, expected)
     except ChecksumError as exc:
         if trusted_on_first_use:
             raise ChecksumError(
@@ -382,8 +383,13 @@ def _fetch_archive(source: DatasetSource, mirror: str | None) -> Path:
     folder = cache_root() / source.name
     with tempfile.TemporaryDirectory(dir=cache_root(), prefix=f".{source.name}-extract-") as tmp:
         staging = Path(tmp) / source.name
-        extracted = extract_images(archive, staging, archive_info.member_pattern)
-        _check_extracted(source, archive, staging, extracted)
+        try:
+            extracted = extract_images(archive, staging, archive_info.member_pattern)
+            _check_extracted(source, archive, staging, extracted)
+        except DatasetError as exc:
+            # Reusing this archive could only fail the same way; a fresh download may not.
+            archive.unlink()
+            raise type(exc)(f"{exc}; the archive was deleted") from None
         _write_sums(staging, {path.name: image_sha256(path) for path in extracted})
         if folder.exists():  # an incomplete earlier copy
             shutil.rmtree(folder)

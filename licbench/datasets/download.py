@@ -45,6 +45,8 @@ def download(url: str, dest: Path, expected: Checksum | None = None, timeout: fl
                     f"{dest.name} from {url}: {expected.algorithm} mismatch "
                     f"(expected {expected.hexdigest}, got {actual}); the file was not kept"
                 )
+        # mkstemp makes the file private to its owner; data files are normally world-readable.
+        os.chmod(part, 0o644)
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
