@@ -22,6 +22,8 @@ from compressai.latent_codecs import (
 )
 from compressai.models.utils import conv, deconv
 
+from licbench.models.entropy import IndexedGaussianConditional
+
 
 def hyper_analysis(latent_channels: int, hyper_channels: int) -> nn.Sequential:
     """h_a of Minnen 2018: y (M) -> z (N) at 1/4 of the latent resolution."""
@@ -67,7 +69,9 @@ class HyperpriorCodec(HyperpriorLatentCodec):
             h_a=hyper_analysis(latent_channels, hyper_channels),
             h_s=hyper_synthesis(latent_channels, hyper_channels),
         )
-        y = y_codec if y_codec is not None else GaussianConditionalLatentCodec(quantizer=quantizer)
+        y = y_codec or GaussianConditionalLatentCodec(
+            gaussian_conditional=IndexedGaussianConditional(), quantizer=quantizer
+        )
         super().__init__(latent_codec={"y": y, "hyper": hyper})
 
     def sequential_passes(self, latent_height: int, latent_width: int) -> int:
