@@ -1,0 +1,24 @@
+"""Lossy WebP (VP8 intra) with Pillow's libwebp."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from licbench.codecs._shared import PillowCodec
+from licbench.codecs.base import register
+
+
+@register
+class WebpCodec(PillowCodec):
+    name = "webp"
+    description = "lossy WebP (libwebp via Pillow), RIFF .webp file"
+    rate_parameter = "quality"
+    default_rates = (2.0, 10.0, 30.0, 60.0, 80.0, 95.0)
+    rate_decreasing = False
+    default_settings = {"method": 6}
+    rate_limits = (0.0, 100.0)
+    pillow_format = "WEBP"
+    pillow_feature = "webp"
+
+    def save_options(self, rate: float | str, size: tuple[int, int] | None = None) -> dict[str, Any]:
+        return {"quality": rate if isinstance(rate, str) else int(rate), "method": self.settings["method"], "lossless": False}
