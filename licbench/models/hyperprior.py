@@ -47,6 +47,19 @@ def hyper_synthesis(latent_channels: int, hyper_channels: int) -> nn.Sequential:
     )
 
 
+def context_entropy_parameters(latent_channels: int) -> nn.Sequential:
+    """Minnen 2018's entropy-parameters network (1x1 convolutions, so it is pointwise):
+    concat[2M side parameters, 2M context features] -> 2M (scales, means)."""
+    m = latent_channels
+    return nn.Sequential(
+        nn.Conv2d(m * 12 // 3, m * 10 // 3, 1),
+        nn.LeakyReLU(inplace=True),
+        nn.Conv2d(m * 10 // 3, m * 8 // 3, 1),
+        nn.LeakyReLU(inplace=True),
+        nn.Conv2d(m * 8 // 3, m * 6 // 3, 1),
+    )
+
+
 class HyperpriorCodec(HyperpriorLatentCodec):
     """Mean-scale hyperprior latent codec; ``y_codec`` replaces the context-free Gaussian coder of y.
 
@@ -69,10 +82,11 @@ class HyperpriorCodec(HyperpriorLatentCodec):
             h_a=hyper_analysis(latent_channels, hyper_channels),
             h_s=hyper_synthesis(latent_channels, hyper_channels),
         )
-        y = y_codec or GaussianConditionalLatentCodec(
-            gaussian_conditional=IndexedGaussianConditional(), quantizer=quantizer
-        )
-        super().__init__(latent_codec={"y": y, "hyper": hyper})
+        if y_codec is None:
+            y_codec = GaussianConditionalLatentCodec(
+                gaussian_conditional=IndexedGaussianConditional(), quantizer=quantizer
+            )
+        super().__init__(latent_codec={"y": y_codec, "hyper": hyper})
 
     def sequential_passes(self, latent_height: int, latent_width: int) -> int:
         """One round: h_s on z_hat gives the parameters of every element of y at once."""
