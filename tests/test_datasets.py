@@ -275,6 +275,16 @@ def test_archive_with_wrong_md5_is_refused(
     assert _leftovers(isolated_environment) == []
 
 
+def test_failed_archive_download_says_where_to_put_it(
+    server: FileServer, monkeypatch: pytest.MonkeyPatch, isolated_environment: Path
+) -> None:
+    _toy_archive_dataset(monkeypatch, _zip_bytes({"a.png": _tiny_png(1)}), count=1)
+    downloads = isolated_environment / "downloads"
+    with pytest.raises(DownloadError, match=rf"HTTP 404 .*put toy\.zip in {downloads} by hand"):
+        resolve("toyclic")
+    assert _leftovers(isolated_environment) == []
+
+
 def test_archive_put_in_downloads_by_hand_is_used_after_checking(
     monkeypatch: pytest.MonkeyPatch, isolated_environment: Path
 ) -> None:

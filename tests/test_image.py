@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import KODAK
 from licbench.image import ImageError, image_sha256, load_image
-
-KODAK_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
 
 @pytest.fixture
 def kodim01() -> Path:
-    path = KODAK_DIR / "kodim01.png"
+    path = KODAK / "kodim01.png"
     if not path.exists():
-        pytest.skip(f"shared Kodak data not found at {KODAK_DIR}")
+        pytest.fail(f"{path} is missing: the tests need ../shared/data/kodak beside the repository")
     return path
 
 
@@ -60,7 +59,7 @@ def test_kodak_png_loads_as_rgb_uint8(kodim01: Path) -> None:
 
 
 def test_image_sha256_matches_published_sum(kodim01: Path) -> None:
-    sums = dict(line.split()[::-1] for line in (KODAK_DIR / "SHA256SUMS").read_text().splitlines())
+    sums = dict(line.split()[::-1] for line in (KODAK / "SHA256SUMS").read_text().splitlines())
     assert image_sha256(kodim01) == sums["kodim01.png"]
 
 

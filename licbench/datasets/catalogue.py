@@ -12,6 +12,9 @@ class Checksum:
     algorithm: str  # a hashlib name: "sha256", "md5"
     hexdigest: str
 
+    def matches(self, actual_hexdigest: str) -> bool:
+        return actual_hexdigest.lower() == self.hexdigest.lower()
+
 
 @dataclass(frozen=True)
 class Archive:

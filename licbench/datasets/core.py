@@ -16,7 +16,7 @@ from pathlib import Path
 from licbench.datasets.archive import extract_images
 from licbench.datasets.catalogue import KNOWN_DATASETS, Checksum, DatasetSource
 from licbench.datasets.download import download as download_file
-from licbench.datasets.errors import ChecksumError, DatasetError
+from licbench.datasets.errors import ChecksumError, DatasetError, DownloadError
 from licbench.image import ImageError, image_sha256, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
@@ -373,6 +373,8 @@ def _fetch_archive(source: DatasetSource, mirror: str | None) -> Path:
         else:
             url = _mirror_url(source, archive_info.filename, archive_info.url, mirror)
             sha256 = download_file(url, archive, expected)
+    except DownloadError as exc:
+        raise DownloadError(f"{exc}; or put {archive_info.filename} in {downloads} by hand") from None
     except ChecksumError as exc:
         if trusted_on_first_use:
             raise ChecksumError(
@@ -413,7 +415,7 @@ def _check_existing_archive(archive: Path, expected: Checksum | None) -> str:
     """Verify an archive found in the downloads folder; returns its sha256."""
     if expected is not None:
         actual = _file_digest(archive, expected.algorithm)
-        if actual != expected.hexdigest:
+        if not expected.matches(actual):
             raise ChecksumError(
                 f"{archive}: {expected.algorithm} mismatch (expected {expected.hexdigest}, got {actual}); "
                 "delete it to download again"

@@ -40,7 +40,7 @@ def download(url: str, dest: Path, expected: Checksum | None = None, timeout: fl
             _stream(url, dest.name, out, digests, timeout)
         if expected is not None:
             actual = digests[expected.algorithm].hexdigest()
-            if actual != expected.hexdigest.lower():
+            if not expected.matches(actual):
                 raise ChecksumError(
                     f"{dest.name} from {url}: {expected.algorithm} mismatch "
                     f"(expected {expected.hexdigest}, got {actual}); the file was not kept"
@@ -59,10 +59,7 @@ def _stream(url: str, name: str, out: BinaryIO, digests: dict[str, Any], timeout
         with urllib.request.urlopen(request, timeout=timeout) as response:
             content_type = response.headers.get("Content-Type", "")
             if content_type.startswith("text/html") and not name.endswith((".html", ".htm")):
-                raise DownloadError(
-                    f"{url} answered with a web page instead of {name}: "
-                    "download it in a browser and pass its folder with --data-dir"
-                )
+                raise DownloadError(f"{url} answered with a web page instead of {name}; download it with a browser")
             length = response.headers.get("Content-Length")
             expected_bytes = int(length) if length and length.isdigit() else None
             received = 0
