@@ -146,8 +146,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise SystemExit(f"licbench: datasets {args.action} needs a dataset name")
-    dataset = fetch(args.name) if args.action == "fetch" else resolve(args.name, download=False)
-    problems = verify(dataset)
+    if args.action == "fetch":
+        dataset = fetch(args.name)
+    else:  # list every problem instead of stopping at the first checksum mismatch
+        dataset = resolve(args.name, data_dir=args.data_dir, download=False, check=False)
+    problems = verify(dataset, recheck=args.action == "verify")
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"{dataset.name}: {len(dataset.files)} images, {'OK' if not problems else f'{len(problems)} problems'}")
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = sub.add_parser("datasets", help="list, fetch or verify datasets")
     datasets.add_argument("action", choices=["list", "fetch", "verify"], nargs="?", default="list")
     datasets.add_argument("name", nargs="?")
+    datasets.add_argument("--data-dir", type=Path, help="folder holding the dataset (before $LICBENCH_DATA)")
     datasets.set_defaults(func=cmd_datasets)
 
     train = sub.add_parser("train", help="train a learned codec")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -217,7 +218,7 @@ def execute(
             )
             if row["status"] != OK:
                 failed += 1
-                bar.write(f"FAILED {row['codec']} {plan.rate_parameter}={row['rate']:g} {row['image']}: {row['error']}")
+                bar.write(f"FAILED {row['codec']} {plan.rate_parameter}={row['rate']:g} {row['image']}: {row['error']}", file=sys.stderr)
             bar.set_postfix_str(f"{row['codec']} {row['image']}", refresh=False)
             bar.update()
     return failed
@@ -229,7 +230,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     frame = frame.assign(ok=frame["status"] == OK)
     ok = frame[frame["ok"]]
-    stats = ok.groupby(["codec", "rate"]).agg(
+    keys = ["codec", "rate_parameter", "rate"]
+    stats = ok.groupby(keys).agg(
         bpp=("bpp", "mean"),
         psnr_rgb=("psnr_rgb", "mean"),
         psnr_y=("psnr_y", "mean"),
@@ -237,6 +239,6 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         encode_s=("encode_s", "median"),
         decode_s=("decode_s", "median"),
     )
-    counts = frame.groupby(["codec", "rate"]).agg(images=("ok", "sum"), failed=("ok", lambda s: int((~s).sum())))
-    table = counts.join(stats).reset_index()
+    counts = frame.groupby(keys).agg(images=("ok", "sum"), failed=("ok", lambda s: int((~s).sum())))
+    table = counts.join(stats).reset_index().rename(columns={"rate_parameter": "parameter"})
     return table.round({"bpp": 4, "psnr_rgb": 2, "psnr_y": 2, "ms_ssim": 4, "encode_s": 3, "decode_s": 3})
