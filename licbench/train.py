@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 MODEL_CHOICES = ("msp", "checkerboard", "autoregressive", "hyperprior")
-# Options that define a run: None means "not given", so that --resume can take the stored value.
+# Every option defaults to None, "not given", so that --resume can take the checkpoint's value;
+# the defaults of a fresh run are those of licbench.training.loop.TrainSettings. These define a run:
 _RUN_OPTIONS = (
     "model",
     "profile",
@@ -38,6 +39,7 @@ _RUN_OPTIONS = (
     "init",
     "freeze_transforms",
 )
+# and these may change from one session to the next:
 _SESSION_OPTIONS = ("out", "steps", "stop_at", "device", "threads", "workers", "val_every", "save_every")
 
 
@@ -76,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--crop", type=int, help="random crop size (default 256 on CUDA, 128 on CPU)")
     data.add_argument("--batch-size", type=int, help="crops per step (default 8)")
     data.add_argument("--val-images", type=int, help="images held out of --data for validation (default 4)")
-    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    data.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     loss = parser.add_argument_group("loss and optimisation")
     loss.add_argument(
         "--lambdas", type=_float_list,
@@ -95,16 +97,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="checkpoint to write (training) or model file to write (--export)")
-    run.add_argument("--steps", type=int, default=1000, help="total optimisation steps (default 1000)")
+    run.add_argument("--steps", type=int, help="total optimisation steps (default 1000)")
     run.add_argument(
         "--stop-at", type=int, metavar="STEP",
         help="end this session after STEP (checkpoint saved; the schedule still spans --steps); --resume later",
     )
     run.add_argument("--resume", action="store_true", help="continue the run in --out if it exists")
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    run.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    run.add_argument("--val-every", type=int, default=1000, help="validate every N steps (default 1000)")
-    run.add_argument("--save-every", type=int, default=500, help="write the checkpoint every N steps (default 500)")
+    run.add_argument("--val-every", type=int, help="validate every N steps (default 1000)")
+    run.add_argument("--save-every", type=int, help="write the checkpoint every N steps (default 500)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
         "--export", type=Path, metavar="CKPT",
@@ -122,9 +124,11 @@ def main(args: argparse.Namespace) -> int:
     if args.export is not None:
         print(json.dumps(export_checkpoint(args.export, args.out), indent=1))
         return 0
-    for name in ("steps", "val_every", "save_every"):
-        if getattr(args, name) < 1:
+    for name in ("steps", "stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError("--workers must be >= 0")
 
     explicit = {name: getattr(args, name) for name in _RUN_OPTIONS + _SESSION_OPTIONS}
     explicit["model_options"] = dict(args.model_options) if args.model_options else None

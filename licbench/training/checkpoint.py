@@ -26,6 +26,12 @@ CHECKPOINT_FORMAT = "licbench-checkpoint-v1"
 MODEL_FORMAT = "licbench-model-v1"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     """torch.save ``payload`` to ``path`` via a temporary file in the same folder and os.replace,
     so a crash mid-write never leaves a truncated checkpoint behind."""
@@ -37,6 +43,8 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the permissions of a normally created file.
+        os.chmod(tmp_name, 0o666 & ~_current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

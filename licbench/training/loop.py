@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import math
 import random
 import signal
 import threading
@@ -112,8 +111,8 @@ def resolve_settings(
 ) -> TrainSettings:
     """Settings from the options given explicitly (None = not given).
 
-    Resuming (``stored`` = the checkpoint's settings): an option that defines the run and was not
-    given takes the stored value; one given with a different value is an error. A fresh run fills
+    Resuming (``stored`` = the checkpoint's settings): an option not given takes the stored value
+    (except ``stop_at``); one that defines the run given with a different value is an error. A fresh run fills
     the gaps with defaults: lambdas and metric from the ``--init`` checkpoint's settings
     (``init_settings``) if there is one, else the metric's defaults; crop 256 on CUDA, 128 on CPU.
     """
@@ -129,8 +128,10 @@ def resolve_settings(
         ]
         if conflicts:
             raise ValueError(f"--resume {given.get('out')}: settings differ from the checkpoint's: {'; '.join(conflicts)}")
-        merged = {name: stored[name] for name in RUN_FIELDS}
-        merged.update({k: v for k, v in given.items() if k not in RUN_FIELDS})
+        known = {f.name for f in dataclasses.fields(TrainSettings)}
+        merged = {name: value for name, value in stored.items() if name in known}
+        merged["stop_at"] = None  # a stop step ends one session; it is not carried over
+        merged.update(given)
         return TrainSettings(**merged)
     if "data" not in given:
         raise ValueError("--data is required to start a training run")
@@ -204,11 +205,14 @@ def train_step(
     clip: float = 1.0,
 ) -> dict[str, float]:
     """One optimisation step on batch ``x`` with per-item rate indices ``rates``; returns the
-    batch means of loss, bpp, mse and the aux loss."""
+    batch means of loss, bpp, mse and the aux loss. A non-finite loss raises FloatingPointError
+    before any parameter changes."""
     optimizer.zero_grad(set_to_none=True)
     output = model(x, rates)
     terms = rd_terms(output, x, lambdas[rates], metric)
     loss = terms["loss"].mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the training loss is {loss.item()}")
     loss.backward()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(parameters, clip)
@@ -346,7 +350,7 @@ def train(
     optimizer = torch.optim.Adam(main_parameters, lr=settings.lr)
     aux_optimizer = torch.optim.Adam(quantiles, lr=settings.aux_lr) if quantiles else None
 
-    step, history = 0, []
+    step, history, window = 0, [], []
     training = {
         "settings": dataclasses.asdict(settings),
         "data": data_record,
@@ -361,7 +365,7 @@ def train(
         if aux_optimizer is not None:
             aux_optimizer.load_state_dict(resume_payload["aux_optimizer"])
         restore_rng_state(resume_payload["rng"])
-        step, history = resume_payload["step"], resume_payload["history"]
+        step, history, window = resume_payload["step"], resume_payload["history"], resume_payload["window"]
         training["elapsed_s"] = resume_payload["training"]["elapsed_s"]
         training["sessions"] = resume_payload["training"]["sessions"]
     session = {
@@ -399,11 +403,15 @@ def train(
                 "rng": rng_state(),
                 "training": training,
                 "history": history,
+                # Training statistics since the last history entry, so a resumed run's next
+                # entry averages the same steps as an uninterrupted run's.
+                "window": window,
             },
             settings.out,
         )
 
-    def validate(window: list[dict[str, float]]) -> dict[str, Any]:
+    def validate() -> dict[str, Any]:
+        """Validate, and record it with the mean training statistics since the last record."""
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             records = evaluate_images(model, val_images, settings.lambdas, settings.metric, device) if val_images else []
         entry = {
@@ -442,18 +450,21 @@ def train(
         generator=torch.Generator(),
     )
     if step == 0 and not history:  # the starting point of the validation curve
-        report_validation(validate([]))
-    window: list[dict[str, float]] = []
+        report_validation(validate())
     running: deque[dict[str, float]] = deque(maxlen=50)
     with tqdm(total=settings.steps, initial=step, unit="step", disable=not settings.progress, dynamic_ncols=True) as bar, _graceful_interrupt() as stop:
         for batch in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, settings)
             rates = rate_indices(settings.seed, step, settings.batch_size, len(settings.lambdas)).to(device)
-            stats = train_step(model, batch.to(device, non_blocking=True), rates, lambdas, optimizer, aux_optimizer, settings.metric, settings.clip)
-            if not math.isfinite(stats["loss"]):
+            try:
+                stats = train_step(
+                    model, batch.to(device, non_blocking=True), rates, lambdas, optimizer, aux_optimizer,
+                    settings.metric, settings.clip,
+                )
+            except FloatingPointError as exc:
                 save()
-                raise RuntimeError(f"loss is {stats['loss']} at step {step + 1}; last finite state saved to {settings.out}")
+                raise RuntimeError(f"step {step + 1}: {exc}; the state before it is saved in {settings.out}") from None
             step += 1
             window.append(stats)
             running.append(stats)
@@ -461,8 +472,8 @@ def train(
             summary = _mean_stats(list(running))
             bar.set_postfix(loss=f"{summary['loss']:.3f}", bpp=f"{summary['bpp']:.3f}", psnr=f"{summary['psnr']:.2f}")
             if step % settings.val_every == 0 or step == settings.steps:
-                report_validation(validate(window))
-                window = []
+                report_validation(validate())
+                window.clear()
             if step % settings.save_every == 0 or step == end_step or stop.requested:
                 save()
             if stop.requested:

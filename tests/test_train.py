@@ -1,0 +1,232 @@
+"""licbench train: data pipeline, loss, exact resume, checkpoints, --freeze-transforms, export.
+
+Tiny models (16 channels) on 192x160 crops of three training images keep this fast on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from compressai.entropy_models import EntropyModel
+from PIL import Image
+
+from licbench.cli import main as cli_main
+from licbench.training.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, build_from_payload, load_model
+from licbench.training.data import RandomCrops, StepBatches, find_images, split_holdout
+from licbench.training.loop import split_parameters, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES = REPO.parent / "shared" / "data" / "train" / "cq100"
+TINY = ["--model-option", "channels=16", "--model-option", "latent_channels=16"]
+RUN = [
+    "--data-placeholder",
+    "--crop", "64", "--batch-size", "2", "--lambdas", "0.005,0.05", "--lr", "1e-3",
+    "--val-images", "1", "--val-every", "4", "--threads", "1", "--steps", "8", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One thread: tiny models gain nothing from more on shared cores, and lose much when the
+    cores are busy. The trainer also sets it (--threads); give other tests theirs back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """192x160 crops of three CQ100 training images in a nested folder (found recursively)."""
+    sources = sorted(TRAIN_IMAGES.glob("*.png"))[:3]
+    if len(sources) < 3:
+        pytest.fail(f"{TRAIN_IMAGES} is missing: the tests need ../shared/data/train beside the repository")
+    folder = tmp_path_factory.mktemp("train")
+    (folder / "sub").mkdir()
+    for i, source in enumerate(sources):
+        target = folder / ("sub" if i else "") / source.name
+        Image.open(source).convert("RGB").crop((0, 0, 192, 160)).save(target)
+    return folder
+
+
+def train_args(data_dir: Path, out: Path, *extra: str, model: str = "hyperprior") -> list[str]:
+    args = [str(data_dir) if a == "--data-placeholder" else a for a in RUN]
+    return ["train", "--model", model, *TINY, "--data", *args, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 steps in one go."""
+    out = tmp_path_factory.mktemp("straight") / "run.pt"
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(train_args(data_dir, out)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_importing_the_cli_module_does_not_import_torch():
+    code = "import sys, licbench.train; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_data_order_and_crops_are_functions_of_seed_and_step(data_dir: Path):
+    files = find_images(data_dir)
+    assert len(files) == 3 and any(f.parent.name == "sub" for f in files)
+    train, val = split_holdout(files, 1, seed=7)
+    assert (train, val) == split_holdout(list(reversed(files)), 1, seed=7)
+    assert sorted(train + val) == sorted(files) and not set(train) & set(val)
+
+    sampler = StepBatches(n_images=3, batch_size=2, seed=5, start_step=0, end_step=6)
+    batches = list(sampler)
+    assert list(StepBatches(3, 2, 5, start_step=4, end_step=6)) == batches[4:]
+    positions = [item[0] for batch in batches for item in batch]
+    for epoch in range(4):  # without replacement within each epoch of 3 images
+        assert sorted(positions[3 * epoch : 3 * epoch + 3]) == [0, 1, 2]
+    assert batches != list(StepBatches(3, 2, 6, 0, 6))
+
+    crops = RandomCrops(files, 64)
+    first, again = crops[batches[0][0]], crops[batches[0][0]]
+    assert first.shape == (3, 64, 64) and torch.equal(first, again)
+    assert not torch.equal(first, crops[(batches[0][0][0], batches[0][0][1] + 1)])
+
+
+def test_loss_falls_on_a_fixed_batch(data_dir: Path):
+    from licbench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("hyperprior", n_rates=2, channels=16, latent_channels=16).train()
+    crops = RandomCrops(find_images(data_dir), 64)
+    batch = torch.stack([crops[(0, 1)], crops[(1, 2)]])
+    rates = torch.tensor([0, 1])
+    lambdas = torch.tensor([0.005, 0.05])
+    main, quantiles = split_parameters(model)
+    optimizer = torch.optim.Adam(main, lr=1e-3)
+    aux_optimizer = torch.optim.Adam(quantiles, lr=1e-3)
+    losses = [train_step(model, batch, rates, lambdas, optimizer, aux_optimizer)["loss"] for _ in range(40)]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first, losses
+
+
+def test_checkpoint_is_plain_data_with_history(straight_run: Path):
+    ckpt = load(straight_run)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["step"] == 8
+    assert ckpt["model"]["model"] == "hyperprior" and ckpt["model"]["n_rates"] == 2
+    for key in ("state_dict", "optimizer", "aux_optimizer", "scheduler", "rng", "training", "history"):
+        assert key in ckpt
+    settings = ckpt["training"]["settings"]
+    assert settings["lambdas"] == [0.005, 0.05] and settings["crop"] == 64
+    assert ckpt["training"]["elapsed_s"] > 0 and ckpt["training"]["sessions"][0]["end_step"] == 8
+    assert [entry["step"] for entry in ckpt["history"]] == [0, 4, 8]
+    final = ckpt["history"][-1]
+    assert final["train"]["loss"] > 0
+    assert [r["rate_index"] for r in final["val"]] == [0, 1]
+    assert all(r["bpp"] > 0 and 0 < r["psnr"] < 60 for r in final["val"])
+    assert not list(straight_run.parent.glob("*.tmp")), "temporary files left behind"
+
+
+def test_resume_after_stop_is_bitwise_equal_to_a_straight_run(data_dir: Path, straight_run: Path, tmp_path: Path):
+    out = tmp_path / "resumed.pt"
+    assert cli_main(train_args(data_dir, out, "--stop-at", "5")) == 0
+    stopped = load(out)
+    assert stopped["step"] == 5
+    # Workers in the second session: the data is a function of the step, so they change nothing.
+    assert cli_main(["train", "--out", str(out), "--resume", "--workers", "2", "--no-progress"]) == 0
+    resumed, straight = load(out), load(straight_run)
+    assert resumed["step"] == straight["step"] == 8
+    assert resumed["state_dict"].keys() == straight["state_dict"].keys()
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    assert any(not torch.equal(stopped["state_dict"][k], v) for k, v in straight["state_dict"].items())
+    for key, value in straight["optimizer"]["state"].items():
+        assert torch.equal(resumed["optimizer"]["state"][key]["exp_avg_sq"], value["exp_avg_sq"])
+    without_time = lambda history: [{k: v for k, v in e.items() if k != "elapsed_s"} for e in history]  # noqa: E731
+    assert without_time(resumed["history"]) == without_time(straight["history"])
+    assert [s["start_step"] for s in resumed["training"]["sessions"]] == [0, 5]
+
+
+def test_freeze_transforms_trains_only_the_probability_model(data_dir: Path, straight_run: Path, tmp_path: Path):
+    out = tmp_path / "checkerboard.pt"
+    extra = ["--init", str(straight_run), "--freeze-transforms", "--steps", "4"]
+    assert cli_main(train_args(data_dir, out, *extra, model="checkerboard")) == 0
+    source, trained = load(straight_run)["state_dict"], load(out)
+    assert trained["model"]["model"] == "checkerboard"
+    shared = [k for k in trained["state_dict"] if k.startswith(("g_a.", "g_s.")) or k in ("gains", "inverse_gains")]
+    assert {"gains", "inverse_gains"} <= set(shared) and any(k.startswith("g_s.") for k in shared)
+    for key in shared:
+        assert torch.equal(trained["state_dict"][key], source[key]), key
+    # The probability model did train: the estimated rate moved.
+    assert trained["history"][0]["val"][0]["bpp"] != trained["history"][-1]["val"][0]["bpp"]
+
+
+def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_path: Path):
+    from licbench.training.checkpoint import export_checkpoint
+
+    out = tmp_path / "model.pt"
+    info = export_checkpoint(straight_run, out)
+    assert info["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert info["bytes"] == out.stat().st_size and info["fp16_tensors"] > 0
+    shipped = load(out)
+    assert shipped["format"] == MODEL_FORMAT and shipped["model"] == load(straight_run)["model"]
+    assert shipped["state_dict"]["g_a.layers.0.weight"].dtype == torch.float16
+
+    reference = build_from_payload(load(straight_run))
+    reference.update(force=True)
+    entropy_models = tuple(f"{n}." for n, m in reference.named_modules() if isinstance(m, EntropyModel))
+    tables = {k: v for k, v in reference.state_dict().items() if k.startswith(entropy_models)}
+    assert any(k.endswith(".quantiles") for k in tables) and any(k.endswith(".scale_table") for k in tables)
+    assert any(k.endswith("_quantized_cdf") and v.numel() > 0 for k, v in tables.items())
+    for key, value in tables.items():
+        assert shipped["state_dict"][key].dtype == value.dtype, key
+        assert torch.equal(shipped["state_dict"][key], value), key
+    # fp16 weights cost almost nothing on the held-out image...
+    assert info["check"]["images"] and info["check"]["max_abs_delta_bpp"] < 0.01
+    assert info["check"]["max_abs_delta_psnr"] < 0.05
+    # ...and the shipped file codes for real: the decoder recovers the encoder's latent.
+    model = load_model(out)
+    x = torch.rand(1, 3, 64, 64)
+    compressed = model.compress(x, 1)
+    decoded = model.decompress(compressed["strings"], compressed["shape"], 1)
+    assert sum(len(s[0]) for s in compressed["strings"]) > 0
+    assert torch.equal(decoded["y_hat"], compressed["y_hat"])
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty data", "no .png or .jpg images"),
+        ("exists", "exists: pass --resume"),
+        ("changed lambdas", "settings differ from the checkpoint's: lambdas"),
+        ("bad crop", "not a multiple of the model's stride 32"),
+        ("corrupt checkpoint", "not a loadable checkpoint"),
+        ("freeze without init", "--freeze-transforms needs --init"),
+    ],
+)
+def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    new_out = tmp_path / "new.pt"
+    args = {
+        "empty data": train_args(empty, new_out),
+        "exists": train_args(data_dir, straight_run),
+        "changed lambdas": ["train", "--out", str(straight_run), "--resume", "--lambdas", "0.01,0.05"],
+        "bad crop": train_args(data_dir, new_out, "--crop", "48"),
+        "corrupt checkpoint": ["train", "--export", str(garbage), "--out", str(new_out)],
+        "freeze without init": train_args(data_dir, new_out, "--freeze-transforms"),
+    }[case]
+    assert cli_main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("licbench: error:") and message in error
+    assert not new_out.exists()
