@@ -377,6 +377,8 @@ def run_check(db_path: Path, args: argparse.Namespace) -> int:
         baseline_path.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
         for codec, value in current.items():
             print(f"BASELINE {codec}: BD-rate {_format_percent(value)}")
+        for codec, problem in failed_rows(frame).items():
+            print(f"WARNING {codec}: {problem}; every check will flag it until it is fixed")
         print(f"baseline written to {baseline_path}")
         _append_history(history, {**entry, "passed": True, "regressions": [], "updated": True})
         return 0

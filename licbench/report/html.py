@@ -18,6 +18,7 @@ import jinja2
 import pandas as pd
 
 from licbench.bench.bd import average_curve
+from licbench.datasets import KNOWN_DATASETS
 from licbench.published import PublishedCurve, PublishedError
 from licbench.report.check import (
     DEFAULT_METRIC,
@@ -122,6 +123,17 @@ def _vvenc_420(frame: pd.DataFrame, settings: dict[str, list[dict[str, Any]]]) -
             if "420" in chroma:
                 labels.append(codec)
     return labels
+
+
+def _subset_warning(dataset: str, n_images: int, published: Sequence[PublishedCurve]) -> str | None:
+    """Published curves average a whole dataset; a run over part of it is not like-for-like."""
+    source = KNOWN_DATASETS.get(dataset)
+    if not published or source is None or n_images >= source.image_count:
+        return None
+    return (
+        f"This run covers {n_images} of the {source.image_count} {dataset} images, while the published curves "
+        f"average all {source.image_count}: comparisons with them are indicative only."
+    )
 
 
 def _published_series(anchor: Anchor, dataset: str) -> list[PublishedCurve]:
@@ -274,14 +286,17 @@ def _codec_provenance(frame: pd.DataFrame, settings: dict[str, list[dict[str, An
     codecs = []
     for codec, rows in frame.groupby("codec", sort=True):
         objects = settings.get(codec, [])
-        pipelines = [p for p in (_colour_pipeline(s) for s in objects) if p is not None]
+        # Adapters record their colour handling under "colour": a ColourPipeline description, or a
+        # sentence for codecs that take RGB and convert inside the library.
+        colours = [s.get("colour") or _colour_pipeline(s) for s in objects]
+        colour = next((c for c in colours if c), None)
         codecs.append(
             {
                 "label": codec,
                 "name": rows["codec_name"].iloc[0],
                 "versions": ", ".join(str(v) for v in rows["codec_version"].dropna().unique()),
                 "settings": [json.dumps(s, indent=2, sort_keys=True) for s in objects],
-                "colour": json.dumps(pipelines[0], indent=2, sort_keys=True) if pipelines else None,
+                "colour": json.dumps(colour, indent=2, sort_keys=True) if isinstance(colour, dict) else colour,
             }
         )
     return codecs
@@ -364,6 +379,7 @@ def render_report(
         "anchor": anchor,
         "anchor_is_default": anchor_request is None,
         "vvenc_420": _vvenc_420(frame, settings),
+        "subset_warning": _subset_warning(dataset, frame["image"].nunique(), published),
         "published": [
             {"name": c.name, "id": c.id, "source": c.provenance.get("source", "not recorded"),
              "notes": c.provenance.get("notes", "")}

@@ -84,7 +84,7 @@ def rd_plot(series: Sequence[Series], quality_label: str, title: str) -> str:
     axes.set_title(title, fontsize=10)
     axes.grid(True, alpha=0.3)
     if series:
-        axes.legend(fontsize=7, loc="lower right")
+        figure.legend(fontsize=7, loc="outside lower center", ncols=2)
     else:
         axes.text(0.5, 0.5, "no complete rate points", ha="center", va="center", transform=axes.transAxes)
     return data_uri(figure)
