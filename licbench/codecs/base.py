@@ -155,8 +155,14 @@ def codec_class(name: str) -> type[Codec]:
 
 
 def parse_codec_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``"vvenc:preset=slow:threads=1"`` -> ``("vvenc", {"preset": "slow", "threads": "1"})``."""
-    name, *parts = spec.strip().split(":")
+    """``"vvenc:preset=slow:threads=1"`` -> ``("vvenc", {"preset": "slow", "threads": "1"})``.
+
+    A name may itself hold colons (``"compressai:mbt2018-mean:metric=mse"`` names the codec
+    ``compressai:mbt2018-mean``): the settings start at the first part with an ``=``.
+    """
+    parts = spec.strip().split(":")
+    first_setting = next((i for i, part in enumerate(parts) if "=" in part), len(parts))
+    name, parts = ":".join(parts[:first_setting]), parts[first_setting:]
     settings: dict[str, str] = {}
     for part in parts:
         key, sep, value = part.partition("=")

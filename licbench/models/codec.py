@@ -141,9 +141,14 @@ class LearnedCodec(CompressionModel):
             raise BitstreamError(f"latent decoding failed: {error}") from error
         if not torch.isfinite(y_hat).all():
             raise BitstreamError("decoded latent contains non-finite values")
+        return {"x_hat": self.synthesize(y_hat, rate_index), "y_hat": y_hat}
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: Tensor, rate_index: int) -> Tensor:
+        """The decoded image (clamped to [0, 1]) of a decoded latent: what the encoder keeps as its
+        own reconstruction and the decoder outputs."""
         inverse_gain = self._gain(self.inverse_gains, rate_index, y_hat.shape[0])
-        x_hat = self.g_s(y_hat * inverse_gain).clamp_(0, 1)
-        return {"x_hat": x_hat, "y_hat": y_hat}
+        return self.g_s(y_hat * inverse_gain).clamp_(0, 1)
 
     # -- one-image bitstream container ---------------------------------------------------
     def pack_bitstream(self, compressed: dict[str, Any], rate_index: int) -> bytes:
