@@ -1,0 +1,297 @@
+"""licbench report: real small runs rendered to one self-contained page, read back as HTML and
+through headless Chromium (console errors, the DOM after the page's script ran, a screenshot)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import SHARED, kodak_image
+from licbench.bench.bd import bd_table
+from licbench.cli import main
+from licbench.report.html import write_report
+from licbench.store import OK, ResultStore
+
+CODECS = "jpeg,webp,vvenc:preset=faster"
+RATES = ("jpeg=10,30,60,90", "webp=5,30,70,92", "vvenc:preset=faster=28,33,38,43")
+CROP_SIDE = 192  # above the 161 pixels MS-SSIM needs
+METRICS = ("psnr_rgb", "psnr_y", "ms_ssim_db")
+SECTION_IDS = {"psnr_rgb": "psnr-rgb", "psnr_y": "psnr-y", "ms_ssim_db": "ms-ssim"}
+
+
+# --- helpers shared with test_check.py ---------------------------------------------------------
+
+
+def make_crops(folder: Path, indices: tuple[int, ...] = (1, 23), side: int = CROP_SIDE) -> Path:
+    """A folder dataset of the top-left squares of some Kodak images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in indices:
+        Image.fromarray(kodak_image(index)[:side, :side]).save(folder / f"crop{index:02d}.png")
+    return folder
+
+
+def run_codecs(db: Path, run: str, dataset: Path | str, codecs: str, rates: tuple[str, ...], *extra: str) -> int:
+    args = ["--db", str(db), "run", "--codecs", codecs, "--dataset", str(dataset), "--run", run, "--no-progress"]
+    for rate in rates:
+        args += ["--rates", rate]
+    return main(args + list(extra))
+
+
+def results(db: Path, run: str) -> pd.DataFrame:
+    with ResultStore(db) as store:
+        return store.results(run)
+
+
+class Page(HTMLParser):
+    """What the tests read from a report: references to other files, images, and tables."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.references: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+        self.images: list[dict[str, str]] = []
+        self.root: dict[str, str] = {}
+        self.tables: dict[str, list[list[str]]] = {}  # table id -> body rows of cell texts
+        self._rows: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {name: value or "" for name, value in attrs}
+        self.references += [(tag, name, attributes[name]) for name in ("src", "href") if name in attributes]
+        if tag == "html":
+            self.root = attributes
+        elif tag == "img":
+            self.images.append(attributes)
+        elif tag == "table":
+            self._rows = self.tables.setdefault(attributes.get("id", f"table{len(self.tables)}"), [])
+        elif tag == "tr" and self._rows is not None:
+            self._rows.append([])
+        elif tag in ("td", "th") and self._rows is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._rows = None
+        elif tag == "thead" and self._rows is not None:
+            self._rows.clear()  # keep body rows only
+        elif tag in ("td", "th") and self._cell is not None and self._rows:
+            self._rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def rows_by_first_cell(self, table_id: str) -> dict[str, list[str]]:
+        return {row[0]: row for row in self.tables[table_id]}
+
+
+def anchor_name(html: str) -> str:
+    match = re.search(r'id="anchor-name">([^<]*)<', html)
+    assert match, "the report does not name its anchor"
+    return match.group(1)
+
+
+def assert_self_contained(html: str, page: Page) -> None:
+    external = [ref for ref in page.references if not ref[2].startswith(("data:", "#"))]
+    assert not external, f"the report refers to other files: {external}"
+    assert not re.search(r"<link\b|<script[^>]*\bsrc=|@import|url\(", html)
+    assert all(image["src"].startswith("data:image/png;base64,") for image in page.images)
+
+
+def decoded_image(data_uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def coloured_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of saturated colour: the codecs' curves (the page's own colours are all greyish)."""
+    spread = rgb.max(axis=-1).astype(int) - rgb.min(axis=-1).astype(int)
+    return rgb[spread > 100]
+
+
+def expected_bd(frame: pd.DataFrame, anchor: str, metric: str, aggregation: str) -> dict[str, float]:
+    ok = frame[frame["status"] == OK]
+    table = bd_table(ok, anchor, metric, "pchip", aggregation)
+    return dict(zip(table["codec"], table["bd_rate"]))
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> SimpleNamespace:
+    """Two Kodak crops and one broken PNG through jpeg, webp and vvenc; the report of that run."""
+    root = tmp_path_factory.mktemp("report")
+    folder = make_crops(root / "crops")
+    (folder / "broken.png").write_bytes((SHARED / "data" / "kodak" / "kodim02.png").read_bytes()[:300])
+    db = root / "results.sqlite"
+    # The broken image fails every job (exit status 1); the others must all succeed.
+    assert run_codecs(db, "small", folder, CODECS, RATES) == 1
+    frame = results(db, "small")
+    assert set(frame.loc[frame["status"] != OK, "image"]) == {"broken.png"}
+    index = write_report(db, "small", None, root / "report")
+    html = index.read_text()
+    return SimpleNamespace(root=root, db=db, frame=frame, index=index, html=html, page=Page(html))
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_report_is_one_self_contained_file(small):
+    assert small.index == small.root / "report" / "index.html"
+    assert_self_contained(small.html, small.page)
+    plots = [image for image in small.page.images if image.get("class") == "plot"]
+    assert len(plots) == 3  # PSNR-RGB, PSNR-Y, MS-SSIM
+    for plot in plots:
+        assert len(coloured_pixels(decoded_image(plot["src"]))) > 500, f"{plot['alt']}: no curves drawn"
+
+
+def test_report_header_anchor_and_notes(small):
+    html = small.html
+    assert "licbench report: small" in html
+    assert "crops (3 images)" in html
+    # A folder dataset has no published curves: the anchor is the run's first traditional codec.
+    assert anchor_name(html) == "jpeg"
+    assert "No published curve exists for this dataset" in html
+    assert 'id="vvenc-note"' in html and "vvenc:preset=faster is VVenC with 4:2:0 chroma" in html
+    assert "VTM 18.0 all-intra 4:4:4 anchor" in html
+
+
+def test_bd_tables_hold_every_codec_with_the_bd_module_values(small):
+    for metric in METRICS:
+        for number, aggregation in enumerate(("average-curve", "per-image-mean"), start=1):
+            rows = small.page.rows_by_first_cell(f"bd-{number}-{SECTION_IDS[metric]}")
+            expected = expected_bd(small.frame, "jpeg", metric, aggregation)
+            assert set(rows) == {"webp", "vvenc:preset=faster"} == set(expected)
+            for codec, value in expected.items():
+                assert np.isfinite(value)
+                assert rows[codec][1] == f"{value:+.2f}", (metric, aggregation, codec)
+    # WebP and VVC both beat baseline JPEG on PSNR by a wide margin
+    psnr = small.page.rows_by_first_cell("bd-1-psnr-rgb")
+    assert float(psnr["webp"][1]) < -10 and float(psnr["vvenc:preset=faster"][1]) < -10
+
+
+def test_per_image_table_has_every_row_and_the_errors(small):
+    table = small.page.tables["per-image-table"]
+    frame = small.frame
+    assert len(table) == len(frame) == 3 * (4 + 4 + 4)
+    shown = {(row[0], row[1], float(row[2])): row for row in table}
+    for record in frame.itertuples():
+        row = shown[(record.image, record.codec, record.rate)]
+        if record.status == OK:
+            assert row[4] == f"{record.bpp:.4f}" and row[5] == f"{record.psnr_rgb:.2f}" and row[-1] == "ok"
+        else:
+            assert row[-1] == f"{record.status}: {record.error}"
+            assert "broken.png" in row[-1]
+
+
+def test_complexity_and_provenance(small):
+    complexity = small.page.rows_by_first_cell("complexity")
+    assert set(complexity) == {"jpeg", "webp", "vvenc:preset=faster"}
+    ok = small.frame[small.frame["status"] == OK]
+    for codec, row in complexity.items():
+        assert row[1] == "traditional" and row[2] == "2"
+        assert row[4] == f"{ok.loc[ok['codec'] == codec, 'encode_s'].median():.4f}"
+    per_rate = small.page.tables["complexity-per-rate"]
+    assert len(per_rate) == 12
+    assert "&#34;subsampling&#34;: &#34;4:2:0&#34;" in small.html  # jpeg's exact settings, escaped
+    assert "&#34;chroma&#34;: &#34;420&#34;" in small.html  # vvenc's colour pipeline
+
+
+def test_report_with_another_anchor_and_bad_anchors(small, tmp_path, capsys):
+    out = tmp_path / "webp-anchored"
+    assert main(["--db", str(small.db), "report", "small", "--anchor", "webp", "--output", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert anchor_name(html) == "webp"
+    rows = Page(html).rows_by_first_cell("bd-1-psnr-rgb")
+    assert rows["jpeg"][1] == f"{expected_bd(small.frame, 'webp', 'psnr_rgb', 'average-curve')['jpeg']:+.2f}"
+    assert float(rows["jpeg"][1]) > 10  # the mirror image of webp against jpeg
+
+    capsys.readouterr()
+    assert main(["--db", str(small.db), "report", "small", "--anchor", "jpeg:quality=3", "--output", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "'jpeg:quality=3' is not a codec of the run" in error and len(error.splitlines()) == 1
+    assert main(["--db", str(small.db), "report", "small", "--anchor", "published:vtm-18.0", "--output", str(out)]) == 2
+    assert "unknown dataset 'crops'" in capsys.readouterr().err
+    assert main(["--db", str(tmp_path / "none.sqlite"), "report", "small"]) == 2
+    assert f"results database {tmp_path / 'none.sqlite'} does not exist" in capsys.readouterr().err
+
+
+def test_kodak_report_draws_published_vtm_as_default_anchor(tmp_path):
+    db = tmp_path / "kodak.sqlite"
+    code = run_codecs(db, "k1", "kodak", "jpeg", ("jpeg=10,30,60,90",), "--data-dir", str(SHARED / "data"), "--images", "1")
+    assert code == 0
+    html = write_report(db, "k1", None, tmp_path / "report").read_text()
+    page = Page(html)
+    assert_self_contained(html, page)
+    assert anchor_name(html) == "published:vtm-18.0"
+    assert "published: VTM 18.0" in html and "duanzhiihao/lossy-vae" in html  # the curve and its source
+    assert "covers 1 of the 24 kodak images" in html
+    assert "not computed: the anchor is a published average curve" in html
+    psnr = page.rows_by_first_cell("bd-1-psnr-rgb")["jpeg"]
+    assert float(psnr[1]) > 0  # JPEG needs more bits than VTM
+    psnr_y = page.rows_by_first_cell("bd-1-psnr-y")["jpeg"]
+    assert psnr_y[1] == "–" and "has no metric 'psnr_y'" in psnr_y[-1]  # not published: said, not invented
+
+
+# --- headless Chromium -------------------------------------------------------------------------
+
+
+def chromium_executable() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("headless Chromium is needed to test the report: apt-get install chromium (.ci/run installs it)")
+
+
+def chromium(page: Path, profile: Path, *action: str) -> subprocess.CompletedProcess:
+    command = [
+        chromium_executable(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+        "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", "--window-size=1280,2400",
+        *action, page.resolve().as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def console_messages(stderr: str) -> list[str]:
+    """The page's console output as Chromium logs it ("INFO:CONSOLE(3)] "...", source: ...")."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_report_renders_in_headless_chromium(small, tmp_path):
+    dumped = chromium(small.index, tmp_path / "profile", "--dump-dom")
+    assert console_messages(dumped.stderr) == []
+    assert "Uncaught" not in dumped.stderr
+    dom = Page(dumped.stdout)
+    assert dom.root.get("data-report-ready") == "yes", "the page's script did not run to its end"
+    assert "data-report-errors" not in dom.root
+    assert set(dom.rows_by_first_cell("bd-1-psnr-rgb")) == {"webp", "vvenc:preset=faster"}
+    assert len(dom.tables["per-image-table"]) == len(small.frame)
+    assert sum(row[-1].startswith("bad-input") for row in dom.tables["per-image-table"]) == 12
+
+    shot = tmp_path / "report.png"
+    chromium(small.index, tmp_path / "profile", f"--screenshot={shot}")
+    screenshot = np.asarray(Image.open(shot).convert("RGB"))
+    assert screenshot.shape == (2400, 1280, 3)
+    # The RD plots sit below the header, anchor and notes, within the first 1200 pixels; their
+    # curves are the only saturated colour on the page.
+    plots = screenshot[:1200]
+    curves = coloured_pixels(plots)
+    assert len(curves) > 3000, "the plot region is blank"
+    assert len(np.unique(curves // 32, axis=0)) >= 3  # at least three codec colours
+    assert len(coloured_pixels(screenshot[1200:])) < len(curves) / 10
