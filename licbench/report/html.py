@@ -321,7 +321,7 @@ def default_history_files(db_path: Path) -> list[Path]:
     return sorted((Path(db_path).parent / "baseline").glob("*.history.jsonl"))
 
 
-def _history(run: str, files: list[Path]) -> dict[str, Any] | None:
+def _history(run: str, files: list[Path], colours: dict[str, str]) -> dict[str, Any] | None:
     entries, sources = history_entries(run, files)
     if not entries:
         return None
@@ -330,7 +330,7 @@ def _history(run: str, files: list[Path]) -> dict[str, Any] | None:
     comparable = [e for e in entries if (e.get("anchor"), e.get("metric")) == (latest.get("anchor"), latest.get("metric"))]
     metric = latest.get("metric", DEFAULT_METRIC)
     return {
-        "uri": history_plot(comparable, metric),
+        "uri": history_plot(comparable, metric, colours),
         "count": len(comparable),
         "anchor": latest.get("anchor"),
         "metric": metric,
@@ -395,7 +395,7 @@ def render_report(
         "packages_json": json.dumps(provenance.get("packages", {}), indent=2, sort_keys=True),
         "argv": " ".join(str(a) for a in provenance.get("argv", [])),
         "licbench_version": provenance.get("licbench", "unknown"),
-        "history": _history(info["name"], list(history_files)),
+        "history": _history(info["name"], list(history_files), colours),
     }
     return _environment().get_template("report.html").render(**context)
 

@@ -100,14 +100,19 @@ def _bpp_window(series: Sequence[Series]) -> tuple[float, float] | None:
     return max(0.0, low - margin), high + margin
 
 
-def history_plot(entries: Sequence[dict[str, Any]], metric: str) -> str:
+def history_plot(entries: Sequence[dict[str, Any]], metric: str, colours: dict[str, str] | None = None) -> str:
     """BD-rate of each codec over the checks in ``entries`` (``licbench check`` history lines);
-    a codec's point is a red cross where that check flagged it as a regression."""
+    a codec's point is a red cross where that check flagged it as a regression, and a failed
+    check is a red vertical line (a codec without a BD-rate has no point to mark).
+    ``colours`` keeps the codecs' colours of the other figures."""
     figure = Figure(figsize=(FIGURE_SIZE[0] * 1.6, FIGURE_SIZE[1]), layout="constrained")
     axes = figure.add_subplot()
     times = [datetime.fromisoformat(entry["time"]) for entry in entries]
     codecs = sorted({codec for entry in entries for codec in entry["bd_rate"]})
-    colours = colour_map(codecs)
+    colours = {**colour_map(codecs), **(colours or {})}
+    for time, entry in zip(times, entries):
+        if not entry.get("passed", True):
+            axes.axvline(time, color="red", alpha=0.3, linewidth=2)
     for codec in codecs:
         points = [
             (time, entry["bd_rate"][codec], codec in entry.get("regressions", []))
@@ -122,7 +127,7 @@ def history_plot(entries: Sequence[dict[str, Any]], metric: str) -> str:
             axes.plot([p[0] for p in flagged], [p[1] for p in flagged], linestyle="none", marker="X", markersize=9, color="red")
     axes.axhline(0.0, color="grey", linewidth=0.8)
     axes.set_ylabel(f"BD-rate on {metric} (%)")
-    axes.set_title("BD-rate at each licbench check (red cross: regression)", fontsize=10)
+    axes.set_title("BD-rate at each licbench check (red: failed check, cross: regressed codec)", fontsize=10)
     axes.grid(True, alpha=0.3)
     figure.autofmt_xdate()
     if codecs:
