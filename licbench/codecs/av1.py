@@ -13,7 +13,7 @@ class Av1Codec(FfmpegYuvCodec):
     name = "av1"
     description = "AV1 4:4:4 10-bit still picture with libaom (all-intra) via ffmpeg, decoded by dav1d"
     rate_parameter = "cq_level"
-    default_rates = (18.0, 26.0, 34.0, 42.0, 50.0, 58.0)
+    default_rates = (10.0, 18.0, 26.0, 34.0, 42.0, 50.0, 55.0)
     rate_decreasing = True
     default_settings = {"cpu_used": 4, "threads": 1, "matrix": "bt709", "range": "full"}
     rate_limits = (0.0, 63.0)

@@ -13,7 +13,7 @@ class HevcCodec(FfmpegYuvCodec):
     name = "hevc"
     description = "HEVC 4:4:4 10-bit intra with x265 via ffmpeg (BPG-like)"
     rate_parameter = "qp"
-    default_rates = (22.0, 27.0, 32.0, 37.0, 42.0, 47.0)
+    default_rates = (17.0, 22.0, 27.0, 32.0, 37.0, 42.0)
     rate_decreasing = True
     default_settings = {"preset": "medium", "tune": "psnr", "threads": 1, "matrix": "bt709", "range": "full"}
     rate_limits = (0.0, 51.0)

@@ -15,7 +15,7 @@ class JpegCodec(PillowCodec):
     name = "jpeg"
     description = "JPEG with libjpeg-turbo (Pillow), standard quant tables scaled by quality, optimised Huffman"
     rate_parameter = "quality"
-    default_rates = (5.0, 15.0, 35.0, 60.0, 80.0, 93.0)
+    default_rates = (5.0, 10.0, 25.0, 50.0, 75.0, 90.0)
     rate_decreasing = False
     # subsampling "4:2:0" is what Pillow calls subsampling=2.
     default_settings = {"subsampling": "4:2:0", "optimize": True, "progressive": False}

@@ -15,7 +15,7 @@ class Jpeg2000Codec(PillowCodec):
     description = "JPEG 2000 (OpenJPEG via Pillow), irreversible 9/7 + ICT, one quality layer at a compression ratio"
     # Compression ratio against the 24-bit RGB input: bpp is at most 24 / ratio.
     rate_parameter = "ratio"
-    default_rates = (12.0, 20.0, 40.0, 60.0, 120.0, 240.0)
+    default_rates = (12.0, 20.0, 30.0, 60.0, 120.0, 240.0)
     rate_decreasing = True
     # num_resolutions is lowered to 1 + floor(log2(shorter side)) for images too small for it.
     default_settings = {"irreversible": True, "num_resolutions": 6, "codeblock_size": "64x64", "progression": "LRCP"}

@@ -15,7 +15,7 @@ class VvencCodec(FfmpegYuvCodec):
     name = "vvenc"
     description = "VVenC 4:2:0 10-bit via ffmpeg (VVC intra, perceptual QP adaptation off); not VTM"
     rate_parameter = "qp"
-    default_rates = (22.0, 27.0, 32.0, 37.0, 42.0, 47.0)
+    default_rates = (20.0, 24.0, 28.0, 32.0, 36.0, 40.0, 44.0)
     rate_decreasing = True
     default_settings = {"preset": "medium", "threads": 1, "matrix": "bt709", "range": "full"}
     rate_limits = (0.0, 63.0)

@@ -13,7 +13,7 @@ class WebpCodec(PillowCodec):
     name = "webp"
     description = "lossy WebP (libwebp via Pillow), RIFF .webp file"
     rate_parameter = "quality"
-    default_rates = (2.0, 10.0, 30.0, 60.0, 80.0, 95.0)
+    default_rates = (0.0, 5.0, 20.0, 50.0, 80.0, 92.0)
     rate_decreasing = False
     default_settings = {"method": 6}
     rate_limits = (0.0, 100.0)
