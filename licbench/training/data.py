@@ -10,6 +10,7 @@ number of DataLoader workers, since workers only run the pure crop function.
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -149,6 +150,13 @@ class StepBatches(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.end_step):
             yield self.batch(step)
+
+
+def ignore_interrupts_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, but only the main
+    process should react (finish the step, save, stop); a worker killed by it would make the main
+    process fail on its next batch instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def rate_indices(seed: int, step: int, batch_size: int, n_rates: int) -> torch.Tensor:

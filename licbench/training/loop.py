@@ -46,6 +46,7 @@ from licbench.training.data import (
     RandomCrops,
     StepBatches,
     find_images,
+    ignore_interrupts_in_worker,
     image_tensor,
     rate_indices,
     split_holdout,
@@ -448,6 +449,7 @@ def train(
         # A private generator: otherwise the loader would draw its worker seed from the global
         # torch RNG, which the quantisation noise uses, and a resume would shift that stream.
         generator=torch.Generator(),
+        worker_init_fn=ignore_interrupts_in_worker,
     )
     if step == 0 and not history:  # the starting point of the validation curve
         report_validation(validate())
