@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def test_unknown_settings_are_refused() -> None:
         codec_class("vvenc")(preset="placebo")
     with pytest.raises(ValueError, match="subsampling"):
         codec_class("jpeg")(subsampling="4:1:1")
+    with pytest.raises(ValueError, match="unknown matrix"):
+        codec_class("hevc")(matrix="bt2020")
 
 
 def test_vvenc_describe_says_what_it_is() -> None:
@@ -197,7 +200,9 @@ def test_pad_edges_replicates() -> None:
 
 
 @pytest.mark.parametrize("name", ["vvenc", "hevc"])
-def test_padded_streams_record_their_size(name: str, odd_crop: np.ndarray, small_crop: np.ndarray, tmp_path: Path) -> None:
+def test_padded_streams_record_their_size(
+    name: str, odd_crop: np.ndarray, small_crop: np.ndarray, tmp_path: Path
+) -> None:
     codec = make(name)
     syntax = VVC_NAL if name == "vvenc" else HEVC_NAL
     padded = codec.encode(odd_crop, 32, tmp_path, 60).bitstream
@@ -247,3 +252,12 @@ def test_y4m_reading_checks_size_and_format() -> None:
         read_y4m(raw, "test")
     with pytest.raises(CodecError, match="expected 420 10-bit"):
         y4m_to_rgb(frame, ColourPipeline("bt709", "full", 10, "420"), "test")
+
+
+@pytest.mark.parametrize(("subsampling", "pillow_code"), [("4:2:0", 2), ("4:4:4", 0)])
+def test_jpeg_subsampling_setting_is_used(subsampling: str, pillow_code: int, small_crop: np.ndarray) -> None:
+    from PIL import JpegImagePlugin
+
+    stream = codec_class("jpeg")(subsampling=subsampling).encode(small_crop, 75, Path("."), 10).bitstream
+    with Image.open(io.BytesIO(stream)) as img:
+        assert JpegImagePlugin.get_sampling(img) == pillow_code

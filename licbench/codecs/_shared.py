@@ -31,6 +31,13 @@ from licbench.tools import ffmpeg_exe, ffmpeg_has_encoder, ffmpeg_version, run_t
 # Inputs and rates
 
 
+def require_available(codec: Codec) -> None:
+    """Raise CodecUnavailable with the codec's own reason when it cannot run here."""
+    available = codec.availability()
+    if not available.ok:
+        raise CodecUnavailable(f"{codec.name}: {available.reason}")
+
+
 def check_rgb(image: np.ndarray, codec: str) -> None:
     """Raise CodecError unless ``image`` is a non-empty uint8 H x W x 3 array."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -54,7 +61,7 @@ def format_rate(codec: str, parameter: str, rate: float, low: float, high: float
 # ----------------------------------------------------------------------------------------------
 # Edge padding, recorded in a user-data SEI (HEVC and VVC Annex B streams)
 
-# Random UUID that marks licbench's "true picture size" user_data_unregistered SEI payload.
+# Fixed UUID marking licbench's "true picture size" user_data_unregistered SEI payload.
 SIZE_SEI_UUID = bytes.fromhex("6c6963620e6e63687061645f73697a65")
 _START_CODE = b"\x00\x00\x01"
 _SEI_PAYLOAD_TYPE_USER_DATA_UNREGISTERED = 5
@@ -62,27 +69,29 @@ _SEI_PAYLOAD_TYPE_USER_DATA_UNREGISTERED = 5
 
 @dataclass(frozen=True)
 class NalSyntax:
-    """Where the NAL unit type sits in a 2-byte NAL header, and which NAL units may precede
-    the SEI in an access unit (access unit delimiter, parameter sets)."""
+    """Where the NAL unit type sits in the 2-byte NAL unit header, and which NAL unit types may
+    precede an SEI in an access unit (access unit delimiter, parameter sets)."""
 
     name: str
+    type_byte: int  # header byte holding nal_unit_type
+    type_shift: int
+    type_mask: int
     prefix_sei_type: int
     leading_types: frozenset[int]
 
     def nal_type(self, header: bytes) -> int:
-        if self.name == "HEVC":
-            return (header[0] >> 1) & 0x3F
-        return header[1] >> 3
+        return (header[self.type_byte] >> self.type_shift) & self.type_mask
 
     def header(self, nal_type: int) -> bytes:
-        """A 2-byte NAL header with layer 0 and temporal id 0."""
-        if self.name == "HEVC":
-            return bytes([nal_type << 1, 1])
-        return bytes([0, (nal_type << 3) | 1])
+        """A NAL unit header for layer 0, temporal id 0 (TemporalId + 1 = 1 in the last bits)."""
+        header = bytearray([0, 1])
+        header[self.type_byte] |= nal_type << self.type_shift
+        return bytes(header)
 
 
-HEVC_NAL = NalSyntax("HEVC", prefix_sei_type=39, leading_types=frozenset({32, 33, 34, 35}))
-VVC_NAL = NalSyntax("VVC", prefix_sei_type=23, leading_types=frozenset({12, 13, 14, 15, 16, 20}))
+# HEVC: forbidden(1) type(6) layer(6) tid+1(3). VVC: forbidden(1) reserved(1) layer(6) type(5) tid+1(3).
+HEVC_NAL = NalSyntax("HEVC", 0, 1, 0x3F, prefix_sei_type=39, leading_types=frozenset({32, 33, 34, 35}))
+VVC_NAL = NalSyntax("VVC", 1, 3, 0x1F, prefix_sei_type=23, leading_types=frozenset({12, 13, 14, 15, 16, 20}))
 
 
 def pad_edges(image: np.ndarray, multiple: int, minimum: int) -> np.ndarray:
@@ -209,7 +218,10 @@ def read_y4m(data: bytes, source: str) -> Y4mFrame:
     size = (width * height + chroma_samples) * bytes_per_sample
     frame = data[frame_end + 1 : frame_end + 1 + size]
     if len(frame) != size:
-        raise CodecError(f"{source}: Y4M frame has {len(frame)} bytes, expected {size} for {width}x{height} C{fields.get('C', '420')}")
+        raise CodecError(
+            f"{source}: Y4M frame has {len(frame)} bytes, expected {size} for {width}x{height} "
+            f"{chroma} {bit_depth}-bit"
+        )
     return Y4mFrame(width, height, chroma, bit_depth, frame)
 
 
@@ -298,9 +310,10 @@ class FfmpegYuvCodec(Codec):
     rate_limits: ClassVar[tuple[float, float]]
     rate_is_integer: ClassVar[bool] = True
 
-    @property
-    def pipeline(self) -> ColourPipeline:
-        return ColourPipeline(self.settings["matrix"], self.settings["range"], self.bit_depth, self.chroma)
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        # Derived from the settings once, so that a bad matrix/range fails at construction.
+        self.pipeline = ColourPipeline(self.settings["matrix"], self.settings["range"], self.bit_depth, self.chroma)
 
     @abstractmethod
     def encoder_options(self, rate: str) -> list[str]:
@@ -310,13 +323,9 @@ class FfmpegYuvCodec(Codec):
         return ffmpeg_availability(self.encoder, self.decoder, self.configure_flag)
 
     def version(self) -> str:
-        self._require()
-        return f"{self.encoder} {ffmpeg_library_version(self.encoder, self.version_pattern)} (ffmpeg {ffmpeg_version()})"
-
-    def _require(self) -> None:
-        available = self.availability()
-        if not available.ok:
-            raise CodecUnavailable(f"{self.name}: {available.reason}")
+        require_available(self)
+        library = ffmpeg_library_version(self.encoder, self.version_pattern)
+        return f"{self.encoder} {library} (ffmpeg {ffmpeg_version()})"
 
     def _colour_tags(self) -> list[str]:
         """Tag the raw input with the pipeline's range and matrix so the stream signals them."""
@@ -358,7 +367,7 @@ class FfmpegYuvCodec(Codec):
 
     def encode(self, image: np.ndarray, rate: float, workdir: Path, timeout: float) -> Encoded:
         check_rgb(image, self.name)
-        self._require()
+        require_available(self)
         rate_text = format_rate(self.name, self.rate_parameter, rate, *self.rate_limits, self.rate_is_integer)
         height, width = image.shape[:2]
         coded = pad_edges(image, 8, self.minimum_side) if self.nal_syntax else image
@@ -366,13 +375,14 @@ class FfmpegYuvCodec(Codec):
         raw.write_bytes(self.pipeline.to_raw(coded))
         out = workdir / f"out.{self.suffix}"
         cmd = self.encode_command(raw, out, coded.shape[1], coded.shape[0], rate_text)
-        stream = run_ffmpeg(cmd, out, timeout, f"{self.name} encode ({width}x{height}, {self.rate_parameter} {rate_text})")
+        what = f"{self.name} encode ({width}x{height}, {self.rate_parameter} {rate_text})"
+        stream = run_ffmpeg(cmd, out, timeout, what)
         if self.nal_syntax and coded.shape != image.shape:
             stream = add_size_sei(stream, self.nal_syntax, width, height)
         return Encoded(bitstream=stream)
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:
-        self._require()
+        require_available(self)
         if not bitstream:
             raise CodecError(f"{self.name}: empty bitstream")
         stream = workdir / f"dec.{self.suffix}"
@@ -391,7 +401,8 @@ class FfmpegYuvCodec(Codec):
 
 
 class PillowCodec(Codec):
-    """A still-image codec run in-process by Pillow: the bytes are the file Pillow writes."""
+    """A still-image codec run in-process by Pillow: the bytes are the file Pillow writes.
+    These libraries are fast and do not hang, so the timeout is not enforced."""
 
     pillow_format: ClassVar[str]
     pillow_feature: ClassVar[str]  # name for PIL.features
@@ -427,9 +438,12 @@ class PillowCodec(Codec):
         buffer = io.BytesIO()
         height, width = image.shape[:2]
         try:
-            Image.fromarray(image, "RGB").save(buffer, format=self.pillow_format, **self.save_options(rate, (width, height)))
+            options = self.save_options(rate, (width, height))
+            Image.fromarray(image, "RGB").save(buffer, format=self.pillow_format, **options)
         except (OSError, ValueError) as exc:
-            raise CodecError(f"{self.name}: cannot encode a {width}x{height} image at {self.rate_parameter} {rate:g}: {exc}") from None
+            raise CodecError(
+                f"{self.name}: cannot encode a {width}x{height} image at {self.rate_parameter} {rate:g}: {exc}"
+            ) from None
         return Encoded(bitstream=buffer.getvalue())
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:

@@ -31,7 +31,10 @@ class HevcCodec(FfmpegYuvCodec):
         # keyint=1: all intra; ipratio=1: the I picture is coded at the given QP (x265 would
         # otherwise lower it by 6*log2(1.4)); aq-mode=0: no adaptive QP; info=0/hash=0: no
         # version-string or picture-hash SEI (as BPG); one thread pool of `threads` workers.
-        params = f"keyint=1:ipratio=1:aq-mode=0:info=0:hash=0:pools={self.settings['threads']}:frame-threads=1:log-level=error"
+        params = (
+            f"keyint=1:ipratio=1:aq-mode=0:info=0:hash=0:pools={self.settings['threads']}:frame-threads=1"
+            ":log-level=error"
+        )
         return ["-preset", self.settings["preset"], "-tune", self.settings["tune"], "-qp", rate,
                 "-x265-params", params]  # fmt: skip
 

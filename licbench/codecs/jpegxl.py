@@ -9,8 +9,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from licbench.codecs._shared import check_rgb, ffmpeg_availability, ffmpeg_command, format_rate, run_ffmpeg
-from licbench.codecs.base import Availability, Codec, CodecError, CodecUnavailable, Encoded, register
+from licbench.codecs._shared import (
+    check_rgb,
+    ffmpeg_availability,
+    ffmpeg_command,
+    format_rate,
+    require_available,
+    run_ffmpeg,
+)
+from licbench.codecs.base import Availability, Codec, CodecError, Encoded, register
 from licbench.tools import ffmpeg_version
 
 
@@ -28,14 +35,9 @@ class JpegXlCodec(Codec):
         return ffmpeg_availability("libjxl", "libjxl", "--enable-libjxl")
 
     def version(self) -> str:
-        self._require()
+        require_available(self)
         # ffmpeg does not log libjxl's version.
         return f"libjxl (version not reported) in ffmpeg {ffmpeg_version()}"
-
-    def _require(self) -> None:
-        available = self.availability()
-        if not available.ok:
-            raise CodecUnavailable(f"{self.name}: {available.reason}")
 
     def encode_command(self, raw: Path, out: Path, width: int | str, height: int | str, distance: str) -> list[str]:
         # The input is tagged sRGB so libjxl records that colour encoding instead of guessing it.
@@ -56,22 +58,25 @@ class JpegXlCodec(Codec):
         return {
             **self.settings,
             "colour": "8-bit sRGB handed to libjxl, which converts to XYB internally; decoded to 8-bit sRGB",
-            "encode_command": " ".join(self.encode_command(Path("in.rgb24"), Path("out.jxl"), "{width}", "{height}", "{distance}")),
+            "encode_command": " ".join(
+                self.encode_command(Path("in.rgb24"), Path("out.jxl"), "{width}", "{height}", "{distance}")
+            ),
             "decode_command": " ".join(self.decode_command(Path("in.jxl"), Path("out.ppm"))),
         }
 
     def encode(self, image: np.ndarray, rate: float, workdir: Path, timeout: float) -> Encoded:
         check_rgb(image, self.name)
-        self._require()
+        require_available(self)
         distance = format_rate(self.name, self.rate_parameter, rate, 0.01, 15.0, integer=False)
         raw, out = workdir / "in.rgb24", workdir / "out.jxl"
         raw.write_bytes(np.ascontiguousarray(image).tobytes())
         height, width = image.shape[:2]
         cmd = self.encode_command(raw, out, width, height, distance)
-        return Encoded(bitstream=run_ffmpeg(cmd, out, timeout, f"{self.name} encode ({width}x{height}, distance {distance})"))
+        what = f"{self.name} encode ({width}x{height}, distance {distance})"
+        return Encoded(bitstream=run_ffmpeg(cmd, out, timeout, what))
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:
-        self._require()
+        require_available(self)
         if not bitstream:
             raise CodecError(f"{self.name}: empty bitstream")
         stream, out = workdir / "dec.jxl", workdir / "dec.ppm"

@@ -128,9 +128,9 @@ class VtmCodec(Codec):
     # cfg: path of a VTM .cfg replacing the built-in all-intra options ("" = built-in).
     default_settings = {"cfg": "", "matrix": "bt709", "range": "full"}
 
-    @property
-    def pipeline(self) -> ColourPipeline:
-        return ColourPipeline(self.settings["matrix"], self.settings["range"], 10, "444")
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.pipeline = ColourPipeline(self.settings["matrix"], self.settings["range"], 10, "444")
 
     def binaries(self) -> tuple[Path, Path]:
         found = find_vtm(os.environ.get("LICBENCH_VTM_DIR"), os.environ.get("PATH"))
@@ -174,7 +174,9 @@ class VtmCodec(Codec):
         run_tool(encoder_args(encoder, raw, bitstream, width, height, qp, self.pipeline, cfg), timeout, cwd=workdir)
         data = bitstream.read_bytes() if bitstream.exists() else b""
         if not data:
-            raise CodecError(f"vtm: {encoder.name} exited normally but wrote no bitstream for {width}x{height}, QP {qp}")
+            raise CodecError(
+                f"vtm: {encoder.name} exited normally but wrote no bitstream for {width}x{height}, QP {qp}"
+            )
         return Encoded(bitstream=data)
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:

@@ -21,4 +21,5 @@ class WebpCodec(PillowCodec):
     pillow_feature = "webp"
 
     def save_options(self, rate: float | str, size: tuple[int, int] | None = None) -> dict[str, Any]:
-        return {"quality": rate if isinstance(rate, str) else int(rate), "method": self.settings["method"], "lossless": False}
+        quality = rate if isinstance(rate, str) else int(rate)
+        return {"quality": quality, "method": self.settings["method"], "lossless": False}
