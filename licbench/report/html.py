@@ -80,6 +80,11 @@ def number(value: Any, digits: int = 2, signed: bool = False) -> Cell:
     return Cell(f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}", sort=repr(value))
 
 
+def rate(value: Any) -> Cell:
+    """A rate parameter as the user gave it: QP 32, quality 75, ratio 12.5."""
+    return MISSING if _missing(value) else Cell(f"{float(value):g}", sort=repr(float(value)))
+
+
 def percent(fraction: Any) -> Cell:
     return MISSING if _missing(fraction) else Cell(f"{float(fraction):.0%}", sort=repr(float(fraction)))
 
@@ -178,6 +183,12 @@ def _bd_sections(frame: pd.DataFrame, anchor: Anchor) -> list[dict[str, Any]]:
     sections = []
     for metric, label in METRICS.items():
         tables = []
+        if anchor.curve is not None:
+            try:
+                anchor.curve.metric(metric)
+            except PublishedError as error:
+                sections.append({"metric": label, "tables": [{"title": "", "unavailable": f"no BD on {label}: {error}"}]})
+                continue
         for aggregation, title in AGGREGATION_TITLES.items():
             if aggregation == "per-image-mean" and anchor.is_published:
                 tables.append({"title": title, "unavailable": "not computed: the anchor is a published average curve, with no per-image results"})
@@ -233,12 +244,12 @@ def _complexity(frame: pd.DataFrame, ok: pd.DataFrame) -> tuple[Table, Table]:
             ]
         )
     per_rate = Table(["codec", "rate parameter", "rate", "images", "mean bpp", "median encode s", "median decode s"])
-    for (codec, rate), rows in ok.groupby(["codec", "rate"], sort=True):
+    for (codec, rate_value), rows in ok.groupby(["codec", "rate"], sort=True):
         per_rate.add(
             [
                 text(codec),
                 text(rows["rate_parameter"].iloc[0]),
-                number(rate, 3),
+                rate(rate_value),
                 integer(rows["image"].nunique()),
                 number(rows["bpp"].mean(), 4),
                 number(rows["encode_s"].median(), 4),
@@ -256,7 +267,7 @@ def _per_image(frame: pd.DataFrame) -> Table:
             [
                 text(row.image),
                 text(row.codec),
-                number(row.rate, 3),
+                rate(row.rate),
                 integer(row.bytes),
                 number(row.bpp, 4),
                 number(row.psnr_rgb, 2),
