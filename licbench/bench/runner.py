@@ -22,7 +22,7 @@ from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from licbench.bench.metrics import image_metrics
-from licbench.codecs.base import Codec, CodecError, CodecTimeout, make_codec
+from licbench.codecs.base import Codec, CodecError, CodecTimeout, codec_class, make_codec, parse_codec_spec
 from licbench.image import ImageError, load_image
 from licbench.provenance import machine
 from licbench.store import OK, ResultStore
@@ -78,8 +78,11 @@ def _codec_for(spec: str) -> tuple[Codec, float | None]:
     """The worker's codec instance, and its construction time on first use (model loading)."""
     if spec in _CODECS:
         return _CODECS[spec][0], None
+    name, settings = parse_codec_spec(spec)
+    cls = codec_class(name)  # the registry's imports are not the codec's loading time
     start = time.perf_counter()
-    codec = make_codec(spec)
+    codec = cls(**settings)
+    codec.load()
     load_s = time.perf_counter() - start
     _CODECS[spec] = (codec, load_s)
     return codec, load_s

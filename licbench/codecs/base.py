@@ -82,6 +82,9 @@ class Codec(ABC):
         """Whether the codec can run here; the reason says how to fix it when not."""
         return Availability(True)
 
+    def load(self) -> None:
+        """Load what encoding needs (a model, tables) so that timing excludes it; optional."""
+
     @abstractmethod
     def version(self) -> str:
         """The version of the underlying implementation (library, binary, model checkpoint)."""
