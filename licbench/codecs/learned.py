@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -143,7 +143,7 @@ class LearnedImageCodec(Codec):
             raise CodecError(f"{self.tag}: rate_index must be an integer in [0, {model.n_rates}), got {rate:g}")
         return index
 
-    @functools.lru_cache(maxsize=8)
+    @lru_cache(maxsize=8)
     def _kmac_per_pixel(self, height: int, width: int) -> float:
         """Decoder kMAC per (padded) pixel; counted once per image size, as it costs a forward pass."""
         return round(self._loaded[0].decoder_kmac_per_pixel(height, width), 2)
