@@ -72,8 +72,10 @@ def write_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
         net.inverse_gains.div_(GAIN_SCALE)
     net.update(force=True)
     state_dict, _ = shippable_state_dict(net)
-    payload = {"format": MODEL_FORMAT, "model": net.config, "state_dict": state_dict, "step": 0, "training": {}, "history": []}
-    save_atomic(payload, path)
+    save_atomic(
+        {"format": MODEL_FORMAT, "model": net.config, "state_dict": state_dict, "step": 0, "training": {}, "history": []},
+        path,
+    )
     return path
 
 
@@ -237,7 +239,8 @@ def test_zoo_checkpoint_is_used_by_default_and_refused_when_tampered(checkpoints
     shipped = tmp_zoo / "hyperprior-tiny.pt"
     shutil.copyfile(checkpoints["hyperprior"], shipped)
     digest = sha256_of(shipped)
-    index = {"checkpoints": {"hyperprior-tiny": {"file": shipped.name, "sha256": digest, "model": "hyperprior", "profile": None}}}
+    entry = {"file": shipped.name, "sha256": digest, "model": "hyperprior", "profile": None}
+    index = {"checkpoints": {"hyperprior-tiny": entry}}
     (tmp_zoo / "zoo.json").write_text(json.dumps(index))
 
     image = crop(37, 53)
@@ -292,7 +295,10 @@ def test_cli_run_with_a_checkpoint_path(checkpoints, tmp_path: Path):
         Image.fromarray(crop(height, width, index)).save(folder / file_name)
     spec = f"hyperprior:checkpoint={checkpoints['hyperprior']}"
     db = tmp_path / "results.sqlite"
-    result = licbench_cli("run", "--codecs", spec, "--dataset", str(folder), "--rates", f"{spec}=0,1", "--no-progress", "--run", "tiny", db=db, timeout=240)
+    result = licbench_cli(
+        "run", "--codecs", spec, "--dataset", str(folder), "--rates", f"{spec}=0,1", "--no-progress", "--run", "tiny",
+        db=db, timeout=240,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     with ResultStore(db) as store:
         rows = store.results("tiny")
