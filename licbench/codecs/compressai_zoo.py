@@ -7,7 +7,8 @@ The rate parameter is CompressAI's quality index (one trained model per quality)
   weights seeded by ``seed``, so that separate encoder and decoder instances agree (for tests);
 - ``device`` (``cpu``);
 - ``mirror``: a base URL the weight files are fetched from instead of CompressAI's server (default
-  ``$LICBENCH_COMPRESSAI_MIRROR``, else the official URL).
+  ``$LICBENCH_COMPRESSAI_MIRROR``, else the official URL). A codec spec on the command line cannot
+  hold a URL (its colons separate settings): there, use the environment variable.
 
 Weights are fetched by licbench, not by ``torch.hub.load_state_dict_from_url`` (which unpickles
 without ``weights_only``): the official file name goes to ``torch.hub.get_dir()/checkpoints`` (where
@@ -242,8 +243,8 @@ class CompressAIZooCodec(Codec):
             raise CodecError(f"{self.name}: {exc}") from None
         except DownloadError as exc:
             raise CodecUnavailable(
-                f"{self.name}: {exc}; place {path.name} in {path.parent} (or set mirror=URL or "
-                f"${MIRROR_ENV}), or use pretrained=false for random weights (testing only)"
+                f"{self.name}: {exc}; place {path.name} in {path.parent} (or set ${MIRROR_ENV} to a base URL "
+                "serving it), or use pretrained=false for random weights (testing only)"
             ) from None
         return path
 
@@ -292,6 +293,12 @@ class CompressAIZooCodec(Codec):
         return struct.pack(">I", self.settings["seed"])
 
     # -- Codec interface --------------------------------------------------------------------
+    def load(self) -> None:
+        """Build or fetch the model of every quality, so that encode timings exclude it (the runner
+        does not say which rate points it will ask for; pretrained=true downloads them all once)."""
+        for quality in self.qualities:
+            self.model(quality)
+
     def availability(self) -> Availability:
         if self.settings["device"].startswith("cuda"):
             import torch
