@@ -145,7 +145,7 @@ def run_job(job: Job, timeout: float, repeats: int = 1) -> dict[str, Any]:
             bytes=nbytes,
             bpp=8.0 * nbytes / (width * height),
             bitstream_sha256=hashlib.sha256(encoded.bitstream).hexdigest(),
-            info=encoded.info or None,
+            info={**encoded.info, **codec.complexity(height, width)} or None,
         )
         if decoded.shape != image.shape or decoded.dtype != np.uint8:
             raise CodecError(f"decoded image is {decoded.shape} {decoded.dtype}, expected {image.shape} uint8")

@@ -85,6 +85,11 @@ class Codec(ABC):
     def load(self) -> None:
         """Load what encoding needs (a model, tables) so that timing excludes it; optional."""
 
+    def complexity(self, height: int, width: int) -> dict[str, Any]:
+        """Model cost figures for an image of that size (parameters, kMAC/pixel, sequential
+        passes...), recorded with each result; measured outside the timed encode and decode."""
+        return {}
+
     @abstractmethod
     def version(self) -> str:
         """The version of the underlying implementation (library, binary, model checkpoint)."""

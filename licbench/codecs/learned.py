@@ -144,9 +144,15 @@ class LearnedImageCodec(Codec):
         return index
 
     @lru_cache(maxsize=8)
-    def _kmac_per_pixel(self, height: int, width: int) -> float:
-        """Decoder kMAC per (padded) pixel; counted once per image size, as it costs a forward pass."""
-        return round(self._loaded[0].decoder_kmac_per_pixel(height, width), 2)
+    def complexity(self, height: int, width: int) -> dict[str, Any]:
+        """Decoder cost at that image size; the kMAC count costs a forward pass, hence the cache."""
+        model = self._loaded[0]
+        height, width = height + -height % model.stride, width + -width % model.stride
+        return {
+            "sequential_passes": model.sequential_passes(height, width),
+            "parameters": model.parameter_count(),
+            "kmac_per_pixel": round(model.decoder_kmac_per_pixel(height, width), 2),
+        }
 
     def encode(self, image: np.ndarray, rate: float, workdir: Path, timeout: float) -> Encoded:
         import torch
@@ -166,12 +172,7 @@ class LearnedImageCodec(Codec):
         return Encoded(
             bitstream,
             reconstruction=_to_uint8(reconstruction, height, width),
-            info={
-                "sequential_passes": model.sequential_passes(*x.shape[-2:]),
-                "parameters": model.parameter_count(),
-                "kmac_per_pixel": self._kmac_per_pixel(*x.shape[-2:]),
-                "rate_index": rate_index,
-            },
+            info={"rate_index": rate_index},
         )
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:
