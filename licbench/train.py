@@ -112,6 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--export", type=Path, metavar="CKPT",
         help="instead of training: write the shippable model file --out from training checkpoint CKPT",
     )
+    run.add_argument(
+        "--export-check", type=int, default=1, metavar="K",
+        help="--export: measure the float16 cost on the first K held-out images (default 1; 0 skips)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,14 +125,19 @@ def main(args: argparse.Namespace) -> int:
 
     if args.out is None:
         raise ValueError("licbench train needs --out (the checkpoint, or with --export the model file)")
-    if args.export is not None:
-        print(json.dumps(export_checkpoint(args.export, args.out), indent=1))
-        return 0
     for name in ("steps", "stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.workers is not None and args.workers < 0:
-        raise ValueError("--workers must be >= 0")
+    for name in ("workers", "export_check"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.export is not None:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        print(json.dumps(export_checkpoint(args.export, args.out, args.export_check), indent=1))
+        return 0
 
     explicit = {name: getattr(args, name) for name in _RUN_OPTIONS + _SESSION_OPTIONS}
     explicit["model_options"] = dict(args.model_options) if args.model_options else None
