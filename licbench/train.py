@@ -19,28 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+# licbench.models.MODEL_NAMES, repeated so that building the CLI parser imports no torch.
 MODEL_CHOICES = ("msp", "checkerboard", "autoregressive", "hyperprior")
-# Every option defaults to None, "not given", so that --resume can take the checkpoint's value;
-# the defaults of a fresh run are those of licbench.training.loop.TrainSettings. These define a run:
-_RUN_OPTIONS = (
-    "model",
-    "profile",
-    "transforms",
-    "data",
-    "lambdas",
-    "metric",
-    "crop",
-    "batch_size",
-    "lr",
-    "aux_lr",
-    "clip",
-    "seed",
-    "val_images",
-    "init",
-    "freeze_transforms",
-)
-# and these may change from one session to the next:
-_SESSION_OPTIONS = ("out", "steps", "stop_at", "device", "threads", "workers", "val_every", "save_every")
 
 
 def _float_list(text: str) -> list[float]:
@@ -64,7 +44,13 @@ def _model_option(text: str) -> tuple[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``licbench train`` options to ``parser``."""
+    """Add the ``licbench train`` options to ``parser``.
+
+    Every training option defaults to None, "not given", so that ``--resume`` can take the
+    checkpoint's value; a fresh run gets the defaults of
+    :class:`licbench.training.loop.TrainSettings` (the help texts repeat them).
+    """
+    parser.epilog = "With --resume, every option not given takes the checkpoint's value."
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=MODEL_CHOICES, help="probability model (default msp)")
     model.add_argument("--profile", help="model profile, e.g. base or extra for msp (default: the model's)")
@@ -85,8 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one lambda per rate point, comma-separated; loss = bpp + lambda * 255^2 * MSE "
         "(default 0.0018,0.0035,0.0067,0.013,0.025,0.0483: about 0.1 to 1.5 bpp on Kodak)",
     )
-    loss.add_argument("--metric", choices=("mse", "ms-ssim"), help="distortion (default mse)")
-    loss.add_argument("--lr", type=float, help="Adam learning rate; x0.1 at 80 %% and 95 %% of --steps (default 1e-4)")
+    loss.add_argument(
+        "--metric", choices=("mse", "ms-ssim"),
+        help="distortion (default mse); ms-ssim: loss = bpp + lambda * (1 - MS-SSIM), default "
+        "lambdas 2.40,4.58,8.73,16.64,31.73,60.50, needs --crop >= 161",
+    )
+    loss.add_argument("--lr", type=float, help="Adam learning rate, x0.1 from 80 %% and x0.01 from 95 %% of --steps (default 1e-4)")
     loss.add_argument("--aux-lr", type=float, help="Adam learning rate of the entropy bottleneck quantiles (default 1e-3)")
     loss.add_argument("--clip", type=float, help="gradient norm clipping (default 1.0)")
     loss.add_argument("--seed", type=int, help="seed of initialisation, data order, crops and validation split (default 0)")
@@ -121,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``licbench train``; returns the exit status (130 after a Ctrl-C stop)."""
     from licbench.training.checkpoint import CHECKPOINT_FORMAT, export_checkpoint, load_checkpoint
-    from licbench.training.loop import resolve_settings, train
+    from licbench.training.loop import RUN_FIELDS, SESSION_FIELDS, resolve_settings, train
 
     if args.out is None:
         raise ValueError("licbench train needs --out (the checkpoint, or with --export the model file)")
@@ -139,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(export_checkpoint(args.export, args.out, args.export_check), indent=1))
         return 0
 
-    explicit = {name: getattr(args, name) for name in _RUN_OPTIONS + _SESSION_OPTIONS}
+    explicit = {name: getattr(args, name, None) for name in RUN_FIELDS + SESSION_FIELDS}
     explicit["model_options"] = dict(args.model_options) if args.model_options else None
     explicit["progress"] = not args.no_progress
     explicit["out"] = str(args.out)

@@ -80,6 +80,13 @@ def test_importing_the_cli_module_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
+def test_cli_model_choices_are_the_models():
+    from licbench.models import MODEL_NAMES
+    from licbench.train import MODEL_CHOICES
+
+    assert set(MODEL_CHOICES) == set(MODEL_NAMES)
+
+
 def test_data_order_and_crops_are_functions_of_seed_and_step(data_dir: Path):
     files = find_images(data_dir)
     assert len(files) == 3 and any(f.parent.name == "sub" for f in files)

@@ -71,8 +71,9 @@ LOSS_FORMULA = {
 
 @dataclasses.dataclass
 class TrainSettings:
-    """Everything a training run needs. The fields up to ``freeze_transforms`` define the run and
-    must stay the same when it is resumed; the rest may change between sessions."""
+    """Everything a training run needs. The fields up to ``freeze_transforms`` (:data:`RUN_FIELDS`)
+    define the run and must stay the same when it is resumed; the rest (:data:`SESSION_FIELDS`)
+    may change between sessions."""
 
     model: str
     data: str
@@ -102,9 +103,8 @@ class TrainSettings:
     progress: bool = True
 
 
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))[
-    : [f.name for f in dataclasses.fields(TrainSettings)].index("freeze_transforms") + 1
-]
+SESSION_FIELDS = ("out", "steps", "stop_at", "device", "threads", "workers", "val_every", "save_every", "progress")
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name not in SESSION_FIELDS)
 
 
 def resolve_settings(
@@ -113,9 +113,10 @@ def resolve_settings(
     """Settings from the options given explicitly (None = not given).
 
     Resuming (``stored`` = the checkpoint's settings): an option not given takes the stored value
-    (except ``stop_at``); one that defines the run given with a different value is an error. A fresh run fills
-    the gaps with defaults: lambdas and metric from the ``--init`` checkpoint's settings
-    (``init_settings``) if there is one, else the metric's defaults; crop 256 on CUDA, 128 on CPU.
+    (except ``stop_at``); one of :data:`RUN_FIELDS` given with a different value is an error. A
+    fresh run fills the gaps with defaults: lambdas and metric from the ``--init`` checkpoint's
+    settings (``init_settings``) if there is one, else the metric's defaults; crop 256 on CUDA,
+    128 on CPU; the rest from :class:`TrainSettings`.
     """
     given = {k: v for k, v in explicit.items() if v is not None}
     for name in ("data", "init"):  # compared and stored as absolute paths
@@ -129,8 +130,7 @@ def resolve_settings(
         ]
         if conflicts:
             raise ValueError(f"--resume {given.get('out')}: settings differ from the checkpoint's: {'; '.join(conflicts)}")
-        known = {f.name for f in dataclasses.fields(TrainSettings)}
-        merged = {name: value for name, value in stored.items() if name in known}
+        merged = {name: value for name, value in stored.items() if name in RUN_FIELDS + SESSION_FIELDS}
         merged["stop_at"] = None  # a stop step ends one session; it is not carried over
         merged.update(given)
         return TrainSettings(**merged)
