@@ -86,7 +86,7 @@ def evaluate_images(
     results = []
     try:
         for rate_index, lam in enumerate(lambdas):
-            sums = {"bpp": 0.0, "psnr": 0.0, "loss": 0.0, "ms_ssim": 0.0}
+            sums = {"bpp": 0.0, "psnr": 0.0, "loss": 0.0} | ({"ms_ssim": 0.0} if metric == "ms-ssim" else {})
             for image in images:
                 x = image.unsqueeze(0).to(device)
                 height, width = x.shape[-2:]
@@ -105,7 +105,7 @@ def evaluate_images(
                 if metric == "ms-ssim":
                     sums["ms_ssim"] += 1.0 - terms["distortion"].item()
             record = {"rate_index": rate_index, "lambda": float(lam)}
-            record.update({k: v / len(images) for k, v in sums.items() if k != "ms_ssim" or metric == "ms-ssim"})
+            record.update({k: v / len(images) for k, v in sums.items()})
             results.append(record)
     finally:
         model.train(was_training)
