@@ -79,7 +79,9 @@ class LearnedImageCodec(Codec):
         if entry is None:
             raise CodecUnavailable(
                 f"no trained {self.tag} checkpoint is shipped yet; train one with "
-                f"`licbench train --model {self.model}` and pass checkpoint=PATH"
+                f"`licbench train --model {self.model}"
+                + (f" --profile {self.profile}" if self.profile else "")
+                + "` and pass checkpoint=PATH"
             )
         return entry.name
 
