@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from licbench.store import DEFAULT_DB
@@ -239,8 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # compressai still uses torch.jit.script at import; the deprecation notice is not ours to act on.
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
