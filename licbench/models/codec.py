@@ -123,6 +123,10 @@ class LearnedCodec(CompressionModel):
         """Entropy-code ``x``: {"strings": [[bytes per image] per stream], "shape", "y_hat"}."""
         self._check_image(x)
         y = self.g_a(x) * self._gain(self.gains, rate_index, x.shape[0])
+        # Non-finite latents or probability parameters would make the C++ coder write garbage or
+        # crash; finite weights and latent keep every parameter finite.
+        if not torch.isfinite(y).all() or not all(torch.isfinite(p).all() for p in self.parameters()):
+            raise ValueError("non-finite latent or weights: this model cannot encode")
         return self.latent_codec.compress(y)
 
     @torch.no_grad()

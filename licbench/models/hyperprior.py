@@ -12,6 +12,8 @@ the hyperprior family by one round against MSP, whose coarsest scale is part of 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import (
@@ -22,7 +24,7 @@ from compressai.latent_codecs import (
 )
 from compressai.models.utils import conv, deconv
 
-from licbench.models.entropy import IndexedGaussianConditional
+from licbench.models.entropy import IndexedGaussianConditional, check_rans_stream
 
 
 def hyper_analysis(latent_channels: int, hyper_channels: int) -> nn.Sequential:
@@ -87,6 +89,13 @@ class HyperpriorCodec(HyperpriorLatentCodec):
                 gaussian_conditional=IndexedGaussianConditional(), quantizer=quantizer
             )
         super().__init__(latent_codec={"y": y_codec, "hyper": hyper})
+
+    def decompress(self, strings: list[list[bytes]], shape: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # compressai's rANS decoder reads out of bounds on streams that cannot be valid.
+        for stream in strings:
+            for string in stream:
+                check_rans_stream(string, "hyperprior-family stream")
+        return super().decompress(strings, shape, **kwargs)
 
     def sequential_passes(self, latent_height: int, latent_width: int) -> int:
         """One round: h_s on z_hat gives the parameters of every element of y at once."""
