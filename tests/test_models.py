@@ -201,7 +201,8 @@ def test_msp_trains_end_to_end(quantizer: str) -> None:
     model = build_model("msp", "base", quantizer=quantizer, **REDUCED, hidden_channels=8, res_blocks=1)
     out = model(torch.rand(2, 3, 64, 80), torch.tensor([0, 3]))  # coarsest scale 1x1
     assert out["likelihoods"]["y"].shape == out["y_hat"].shape == (2, 16, 8, 10)
-    loss = F.mse_loss(out["x_hat"], torch.zeros_like(out["x_hat"])) - out["likelihoods"]["y"].log2().mean()
+    distortion = F.mse_loss(out["x_hat"], torch.zeros_like(out["x_hat"]))
+    loss = distortion - out["likelihoods"]["y"].log2().mean()
     loss.backward()
     codec = model.latent_codec
     for name, parameter in [

@@ -90,7 +90,8 @@ def build_model(
     if unknown:
         raise ValueError(f"unknown overrides {unknown} for {model!r}; allowed: {allowed}")
 
-    sizes = {**TRANSFORM_CONFIGS[transforms], **{k: overrides[k] for k in _TRANSFORM_KEYS if k in overrides}}
+    sizes = dict(TRANSFORM_CONFIGS[transforms])
+    sizes.update({k: overrides[k] for k in _TRANSFORM_KEYS if k in overrides})
     knobs = {k: v for k, v in overrides.items() if k not in _TRANSFORM_KEYS}
     latent_codec = _latent_codec(model, profile, sizes["latent_channels"], sizes["channels"], knobs)
     config = dict(model=model, profile=profile, transforms=transforms, n_rates=n_rates, **overrides)

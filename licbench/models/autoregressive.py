@@ -78,7 +78,9 @@ class SerialContextCodec(RasterScanLatentCodec):
         return {"y_hat": torch.cat(y_hats)}
 
 
-def raster_scan(codec: RasterScanLatentCodec, side_params: Tensor, code_position: PositionCoder) -> Tensor:
+def raster_scan(
+    codec: RasterScanLatentCodec, side_params: Tensor, code_position: PositionCoder
+) -> Tensor:
     """Visit the positions of one image in raster order; returns the decoded latent (1, M, H, W).
 
     At each position the masked 5x5 context of the values decoded so far and the side parameters

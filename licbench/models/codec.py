@@ -183,7 +183,9 @@ class LearnedCodec(CompressionModel):
         offset = _HEADER.size + _LENGTH.size * (n_streams - 1)
         if n_streams < 1 or offset > len(body):
             raise BitstreamError(f"bad stream count {n_streams}")
-        lengths = [_LENGTH.unpack_from(body, _HEADER.size + _LENGTH.size * i)[0] for i in range(n_streams - 1)]
+        lengths = [
+            _LENGTH.unpack_from(body, _HEADER.size + _LENGTH.size * i)[0] for i in range(n_streams - 1)
+        ]
         payloads = []
         for length in lengths:
             payloads.append(body[offset : offset + length])

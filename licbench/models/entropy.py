@@ -40,4 +40,6 @@ def check_rans_stream(stream: bytes, what: str) -> None:
     """Reject what compressai's rANS decoder would read out of bounds on: it starts by reading an
     8-byte state and consumes 32-bit words, without checking the stream length."""
     if len(stream) < 8 or len(stream) % 4:
-        raise ValueError(f"{what}: {len(stream)} bytes is not a valid rANS stream (>= 8, multiple of 4)")
+        raise ValueError(
+            f"{what}: {len(stream)} bytes is not a valid rANS stream (>= 8, multiple of 4)"
+        )

@@ -90,7 +90,9 @@ class HyperpriorCodec(HyperpriorLatentCodec):
             )
         super().__init__(latent_codec={"y": y_codec, "hyper": hyper})
 
-    def decompress(self, strings: list[list[bytes]], shape: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def decompress(
+        self, strings: list[list[bytes]], shape: dict[str, Any], **kwargs: Any
+    ) -> dict[str, Any]:
         # compressai's rANS decoder reads out of bounds on streams that cannot be valid.
         for stream in strings:
             for string in stream:

@@ -170,7 +170,8 @@ class MSPLatentCodec(LatentCodec):
             raise ValueError(f"quantizer must be 'noise' or 'ste', got {quantizer!r}")
         if profile.seed_channels >= latent_channels:
             raise ValueError(
-                f"seed_channels ({profile.seed_channels}) must be below latent_channels ({latent_channels})"
+                f"seed_channels ({profile.seed_channels}) must be below "
+                f"latent_channels ({latent_channels})"
             )
         self.profile = profile
         self.latent_channels = latent_channels
@@ -192,7 +193,9 @@ class MSPLatentCodec(LatentCodec):
             for c0, c1 in self.channel_groups
         ]
 
-    def _progressive(self, coder: _GroupCoder, batch: int, height: int, width: int) -> tuple[Tensor, Tensor | None]:
+    def _progressive(
+        self, coder: _GroupCoder, batch: int, height: int, width: int
+    ) -> tuple[Tensor, Tensor | None]:
         """Run the MSP decoding order; returns y_hat and (when the coder gives them) likelihoods.
 
         Likelihoods are assembled like y_hat: each element's value sits at its position in y.
@@ -244,7 +247,9 @@ class MSPLatentCodec(LatentCodec):
             "y_hat": torch.cat(y_hats),
         }
 
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], **kwargs: Any) -> dict[str, Any]:
+    def decompress(
+        self, strings: list[list[bytes]], shape: tuple[int, int], **kwargs: Any
+    ) -> dict[str, Any]:
         if len(strings) != 2 or len(strings[0]) != len(strings[1]):
             raise ValueError("MSP expects [gaussian strings, bottleneck strings] of equal length")
         height, width = shape
@@ -279,8 +284,11 @@ class _GroupCoder:
         """Code the coarsest scale; returns its y_hat and likelihoods (or None)."""
         raise NotImplementedError
 
-    def group(self, scale: int, group: Selection, scales: Tensor, means: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Code one group of scale ``scale`` with its Gaussian parameters; returns y_hat (and likelihoods)."""
+    def group(
+        self, scale: int, group: Selection, scales: Tensor, means: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Code one group of scale ``scale`` with its Gaussian parameters; returns its y_hat
+        (and likelihoods)."""
         raise NotImplementedError
 
 
@@ -310,7 +318,9 @@ class _Estimator(_GroupCoder):
             y_hat = quantize_ste(coarsest - medians) + medians
         return y_hat, likelihoods
 
-    def group(self, scale: int, group: Selection, scales: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
+    def group(
+        self, scale: int, group: Selection, scales: Tensor, means: Tensor
+    ) -> tuple[Tensor, Tensor]:
         values = self.pyramid[scale][group]
         y_hat, likelihoods = self.codec.gaussian_conditional(values, scales, means)
         if self._straight_through():
@@ -346,7 +356,8 @@ class _Encoder(_GroupCoder):
 
     def finish(self) -> tuple[bytes, bytes]:
         encoder = BufferedRansEncoder()
-        encoder.encode_with_indexes(self.symbols, self.indexes, *coder_tables(self.codec.gaussian_conditional))
+        tables = coder_tables(self.codec.gaussian_conditional)
+        encoder.encode_with_indexes(self.symbols, self.indexes, *tables)
         return encoder.flush(), self.bottleneck_string
 
 
