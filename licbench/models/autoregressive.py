@@ -7,10 +7,11 @@ position (O(n) decoding).
 Built on CompressAI's RasterScanLatentCodec (its forward, networks and quantisation are used as
 they are). Its compress/decompress loop is replaced by :func:`raster_scan`, which makes the same
 network calls in the same order on the same values, but converts the CDF tables for the rANS
-binding once (trimmed) instead of at every position, and builds scale indexes vectorised:
-CompressAI's loop spends ~2.7 ms per position on those two (64 x 3133 CDF entries converted per
-call; a 64-step Python loop per index), which would make the serial baseline look several times
-slower than its context model is.
+binding once (trimmed) instead of at every position, and builds scale indexes vectorised.
+CompressAI's loop spends ~2.3 ms per position on those two (64 x 3133 CDF entries converted per
+call; a 64-step Python loop per index): 18.0 s against 4.2 s for a 768x512 decode on one CPU
+thread (bench/decode_speed.py --compressai-loop), which would make the serial baseline look
+several times slower than its context model is.
 """
 
 from __future__ import annotations
