@@ -312,6 +312,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def load_run(db_path: str | Path, run: str) -> tuple[dict, pd.DataFrame]:
+    """(run info, result rows) of ``run``; a clear CheckError when the database or rows are missing."""
+    if not Path(db_path).is_file():
+        raise CheckError(f"results database {db_path} does not exist")
+    with ResultStore(db_path) as store:
+        info = store.run_info(run)
+        frame = store.results(run)
+    if frame.empty:
+        raise CheckError(f"run {run!r} in {db_path} has no results")
+    return info, frame
+
+
 def run_check(db_path: Path, args: argparse.Namespace) -> int:
     """``licbench check``: 0 when no codec regressed against the baseline, 1 otherwise.
 
@@ -323,13 +335,7 @@ def run_check(db_path: Path, args: argparse.Namespace) -> int:
     run = args.run or (previous or {}).get("run")
     if run is None:
         raise CheckError(f"baseline {baseline_path} does not exist yet: name the run to create it from with --run")
-    if not Path(db_path).exists():
-        raise CheckError(f"results database {db_path} does not exist")
-    with ResultStore(db_path) as store:
-        info = store.run_info(run)
-        frame = store.results(run)
-    if frame.empty:
-        raise CheckError(f"run {run!r} in {db_path} has no results")
+    info, frame = load_run(db_path, run)
     dataset = info["dataset"]
     if previous is not None and previous["dataset"] != dataset and not args.update:
         raise CheckError(

@@ -25,16 +25,16 @@ from licbench.report.check import (
     DEFAULT_PUBLISHED_ANCHOR,
     LEARNED_CODEC_KEYS,
     Anchor,
-    CheckError,
     bd_rates,
     is_learned,
     json_records,
+    load_run,
     published_for_dataset,
     read_history,
     resolve_anchor,
 )
 from licbench.report.plots import PUBLISHED_COLOURS, Series, colour_map, history_plot, rd_plot
-from licbench.store import OK, ResultStore
+from licbench.store import OK
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Metric column -> how the report names it; all three are in dB (MS-SSIM as -10 log10(1 - MS-SSIM)).
@@ -422,13 +422,7 @@ def write_report(
     database ``db_path``; returns its path. ``history_files`` default to the check histories
     beside the baselines (see :func:`default_history_files`)."""
     db_path = Path(db_path)
-    if not db_path.is_file():
-        raise CheckError(f"results database {db_path} does not exist")
-    with ResultStore(db_path) as store:
-        info = store.run_info(run)
-        frame = store.results(run)
-    if frame.empty:
-        raise CheckError(f"run {run!r} in {db_path} has no results")
+    info, frame = load_run(db_path, run)
     html = render_report(frame, info, anchor, default_history_files(db_path) if history_files is None else history_files)
     out = Path(out_dir) if out_dir is not None else Path("reports") / run
     out.mkdir(parents=True, exist_ok=True)
