@@ -106,6 +106,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--export-check", type=int, default=1, metavar="K",
         help="--export: measure the float16 cost on the first K held-out images (default 1; 0 skips)",
     )
+    run.add_argument(
+        "--zoo", metavar="NAME",
+        help="--export: ship the model as zoo checkpoint NAME (licbench/zoo/NAME.pt + its zoo.json "
+        "entry with sha256 and training record); --out is then optional",
+    )
+    run.add_argument(
+        "--zoo-status", metavar="TEXT", default="",
+        help="--zoo: what the checkpoint is good for (e.g. 'undertrained: ...'), shown with results",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -113,6 +122,12 @@ def main(args: argparse.Namespace) -> int:
     from licbench.training.checkpoint import CHECKPOINT_FORMAT, export_checkpoint, load_checkpoint
     from licbench.training.loop import RUN_FIELDS, SESSION_FIELDS, resolve_settings, train
 
+    if args.export is not None and args.zoo is not None:
+        from licbench.models.zoo import ZOO_DIR
+
+        if args.out is not None and Path(args.out).resolve() != (ZOO_DIR / f"{args.zoo}.pt").resolve():
+            raise ValueError(f"--zoo {args.zoo} writes {ZOO_DIR / (args.zoo + '.pt')}: leave out --out")
+        args.out = ZOO_DIR / f"{args.zoo}.pt"
     if args.out is None:
         raise ValueError("licbench train needs --out (the checkpoint, or with --export the model file)")
     for name in ("steps", "stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
@@ -126,7 +141,12 @@ def main(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(export_checkpoint(args.export, args.out, args.export_check), indent=1))
+        exported = export_checkpoint(args.export, args.out, args.export_check)
+        if args.zoo is not None:
+            from licbench.models.zoo import record_in_zoo
+
+            exported["zoo_entry"] = record_in_zoo(args.zoo, args.out, load_checkpoint(args.out), args.zoo_status)
+        print(json.dumps(exported, indent=1))
         return 0
 
     explicit = {name: getattr(args, name, None) for name in RUN_FIELDS + SESSION_FIELDS}

@@ -6,6 +6,7 @@ Tiny models (16 channels) on 192x160 crops of three training images keep this fa
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,27 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("licbench: error:") and message in error
     assert not new_out.exists()
+
+
+def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run: Path, tmp_path: Path):
+    from licbench.models.zoo import record_in_zoo
+    from licbench.training.checkpoint import export_checkpoint
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    index = zoo / "zoo.json"
+    out = zoo / "tiny.pt"
+    export_checkpoint(straight_run, out, check_images=0)
+    entry = record_in_zoo("tiny", out, load(out), "test model", index=index)
+    stored = json.loads(index.read_text())["checkpoints"]["tiny"]
+    assert stored == entry
+    assert entry["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert entry["model"] == "hyperprior" and entry["status"] == "test model"
+    assert entry["training"]["steps"] == load(straight_run)["step"]
+    assert entry["training"]["sessions"][0]["device"] == "cpu"
+    assert entry["training"]["held_out_validation"] == load(straight_run)["history"][-1]["val"]
+    # A second entry keeps the first; a file outside the zoo folder is refused.
+    record_in_zoo("tiny-again", out, load(out), "", index=index)
+    assert set(json.loads(index.read_text())["checkpoints"]) == {"tiny", "tiny-again"}
+    with pytest.raises(ValueError, match="must be in the zoo folder"):
+        record_in_zoo("elsewhere", straight_run, load(out), "", index=index)

@@ -61,6 +61,63 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
+    """The zoo's training record of a model file's payload: data, steps, lambdas, time, and where
+    each session ran (device, threads, CPU, versions), with the last held-out validation."""
+    training = payload["training"]
+    data = training["data"]
+    return {
+        "steps": payload["step"],
+        "elapsed_s": round(float(training["elapsed_s"]), 1),
+        "data": f"{Path(data['folder']).name}/ ({data['train_images']} training images; "
+        f"{len(data['val_files'])} held out: {', '.join(Path(f).name for f in data['val_files'])})",
+        "settings": {
+            key: training["settings"][key]
+            for key in ("model", "profile", "transforms", "metric", "lambdas", "crop", "batch_size",
+                        "lr", "steps", "seed", "init", "freeze_transforms")
+            if key in training["settings"]
+        },
+        "sessions": [
+            {
+                "steps": f"{session['start_step']}..{session.get('end_step')}",
+                "elapsed_s": round(float(session.get("elapsed_s", 0.0)), 1),
+                "device": session["device"],
+                "threads": session.get("threads"),
+                "cpu": f"{session['machine']['cpu']} ({session['machine']['cpu_count']} cores)",
+                "git_revision": session["versions"].get("git_revision"),
+                "torch": session["versions"].get("torch"),
+            }
+            for session in training["sessions"]
+        ],
+        "held_out_validation": payload["history"][-1]["val"] if payload["history"] else None,
+    }
+
+
+def record_in_zoo(
+    name: str, model_file: Path, payload: dict[str, Any], status: str, index: Path = INDEX
+) -> dict[str, Any]:
+    """Add (or replace) the zoo entry ``name`` for ``model_file`` (an exported model, whose
+    ``payload`` is given) in the zoo index; the file must sit next to the index. Returns the entry."""
+    model_file = Path(model_file).resolve()
+    if model_file.parent != Path(index).resolve().parent:
+        raise ValueError(f"zoo entry {name!r}: {model_file} must be in the zoo folder {Path(index).parent}")
+    entries = json.loads(Path(index).read_text()) if Path(index).exists() else {"checkpoints": {}}
+    config = payload["model"]
+    entry = {
+        "file": model_file.name,
+        "sha256": file_sha256(model_file),
+        "bytes": model_file.stat().st_size,
+        "model": config["model"],
+        "profile": config.get("profile"),
+        "transforms": config.get("transforms"),
+        "status": status,
+        "training": training_summary(payload),
+    }
+    entries["checkpoints"][name] = entry
+    Path(index).write_text(json.dumps(entries, indent=1) + "\n")
+    return entry
+
+
 def resolve_checkpoint(name_or_path: str) -> tuple[Path, str]:
     """(file, sha256) of a zoo name or a checkpoint path; a zoo file whose bytes do not match its
     recorded sha256 is refused."""
