@@ -8,6 +8,7 @@ encoding and one warm-up decode per model are excluded; the figure is the median
     python bench/decode_speed.py                      # 512x768 and 2048x1365, 3 repeats
     python bench/decode_speed.py --threads 1 --ar-repeats 1
     python bench/decode_speed.py --sizes 768x512 --compressai-loop
+    python bench/decode_speed.py --device cuda        # on a GPU (clocks read after a synchronize)
 
 Sizes are WIDTHxHEIGHT; images are replicate-padded to the model stride (not counted).
 """
@@ -52,11 +53,19 @@ def test_image(width: int, height: int, stride: int) -> torch.Tensor:
     return F.pad(x, (0, -width % stride, 0, -height % stride), mode="replicate")
 
 
-def time_decodes(decode, repeats: int) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock read after it measures the work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_decodes(decode, repeats: int, device: torch.device) -> float:
     seconds = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         decode()
+        synchronize(device)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
 
@@ -77,6 +86,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--transforms", choices=sorted(TRANSFORM_CONFIGS), default="small")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ar-repeats", type=int, default=1, help="repeats, autoregressive model")
     parser.add_argument("--compressai-loop", action="store_true",
@@ -84,9 +94,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.manual_seed(0)
     print(f"RANDOM weights, transforms={args.transforms} {TRANSFORM_CONFIGS[args.transforms]}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {torch.get_num_threads()} threads"))
     print(f"{'model':<16}{'size':>11}{'passes':>8}{'decoder kMAC/px':>17}{'decode s':>10}")
     seconds: dict[tuple[str, tuple[int, int]], float] = {}
     with torch.inference_mode():
@@ -94,22 +108,23 @@ def main() -> None:
             model_name, profile = MODELS[name]
             model = build_model(model_name, profile, transforms=args.transforms).eval()
             model.update(force=True)
+            model.to(device)
             rate = model.n_rates - 1
-            warm = model.compress(test_image(64, 64, model.stride), rate)
+            warm = model.compress(test_image(64, 64, model.stride).to(device), rate)
             model.decompress(warm["strings"], warm["shape"], rate)
             for width, height in args.sizes:
-                x = test_image(width, height, model.stride)
+                x = test_image(width, height, model.stride).to(device)
                 compressed = model.compress(x, rate)
                 repeats = args.ar_repeats if model_name == "autoregressive" else args.repeats
                 seconds[name, (width, height)] = time_decodes(
-                    lambda: model.decompress(compressed["strings"], compressed["shape"], rate), repeats
+                    lambda: model.decompress(compressed["strings"], compressed["shape"], rate), repeats, device
                 )
                 kmac = model.decoder_kmac_per_pixel(min(x.shape[-2], 256), min(x.shape[-1], 256))
                 print(f"{name:<16}{f'{width}x{height}':>11}{model.sequential_passes(*x.shape[-2:]):>8}"
                       f"{kmac:>17.1f}{seconds[name, (width, height)]:>10.2f}", flush=True)
                 if args.compressai_loop and model_name == "autoregressive":
                     stock = time_decodes(
-                        lambda: compressai_loop_decode(model, compressed), args.ar_repeats
+                        lambda: compressai_loop_decode(model, compressed), args.ar_repeats, device
                     )
                     seconds["autoregressive (compressai loop)", (width, height)] = stock
                     print(f"{'  compressai loop':<16}{f'{width}x{height}':>11}{'':>25}{stock:>10.2f}")

@@ -73,7 +73,7 @@ class SerialContextCodec(RasterScanLatentCodec):
             def read(row: int, col: int, scales: Tensor, means: Tensor) -> Tensor:
                 indexes = gaussian.build_indexes(scales)
                 symbols = decoder.decode_stream(indexes.reshape(-1).tolist(), *tables)
-                return torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape)
+                return torch.tensor(symbols, dtype=torch.int32, device=means.device).reshape(indexes.shape)
 
             y_hats.append(raster_scan(self, image_params, read))
         return {"y_hat": torch.cat(y_hats)}

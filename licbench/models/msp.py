@@ -376,7 +376,8 @@ class _Decoder(_GroupCoder):
         if size[0] == 0 or size[1] == 0:
             if self.bottleneck_string:
                 raise ValueError("bottleneck stream must be empty for an empty coarsest scale")
-            return torch.zeros(1, self.codec.latent_channels, *size), None
+            device = self.codec.entropy_bottleneck.quantiles.device
+            return torch.zeros(1, self.codec.latent_channels, *size, device=device), None
         check_rans_stream(self.bottleneck_string, "bottleneck stream")
         return self.codec.entropy_bottleneck.decompress([self.bottleneck_string], size), None
 
@@ -384,5 +385,5 @@ class _Decoder(_GroupCoder):
         gaussian = self.codec.gaussian_conditional
         indexes = gaussian.build_indexes(scales)
         symbols = self.decoder.decode_stream(indexes.reshape(-1).tolist(), *self.tables)
-        symbols = torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape)
+        symbols = torch.tensor(symbols, dtype=torch.int32, device=means.device).reshape(indexes.shape)
         return gaussian.dequantize(symbols, means), None
