@@ -65,7 +65,8 @@ def main() -> None:
     codecs = args.codecs.split(",") if args.codecs else sorted(frame["codec"].unique())
     anchors = args.anchors.split(",")
     print(f"run {args.run!r}, dataset {info['dataset']}, {frame['image'].nunique()} images, metric {args.metric}\n")
-    print(rd_table(frame, codecs + [a for a in anchors if a in set(frame["codec"])], args.metric))
+    run_anchors = [a for a in anchors if a in set(frame["codec"]) and a not in codecs]
+    print(rd_table(frame, codecs + run_anchors, args.metric))
     print()
     matrix, notes = bd_matrix(frame, info["dataset"], codecs, anchors, args.metric)
     print(matrix)

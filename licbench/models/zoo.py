@@ -94,10 +94,12 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_in_zoo(
-    name: str, model_file: Path, payload: dict[str, Any], status: str, index: Path = INDEX
+    name: str, model_file: Path, payload: dict[str, Any], status: str, index: Path | None = None
 ) -> dict[str, Any]:
     """Add (or replace) the zoo entry ``name`` for ``model_file`` (an exported model, whose
-    ``payload`` is given) in the zoo index; the file must sit next to the index. Returns the entry."""
+    ``payload`` is given) in the zoo index (default: the package's); the file must sit next to the
+    index. Returns the entry."""
+    index = INDEX if index is None else index
     model_file = Path(model_file).resolve()
     if model_file.parent != Path(index).resolve().parent:
         raise ValueError(f"zoo entry {name!r}: {model_file} must be in the zoo folder {Path(index).parent}")
