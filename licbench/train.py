@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 # licbench.models.MODEL_NAMES, repeated so that building the CLI parser imports no torch.
 MODEL_CHOICES = ("msp", "checkerboard", "autoregressive", "hyperprior")
+
+
+ZOO_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 def _float_list(text: str) -> list[float]:
@@ -122,8 +126,13 @@ def main(args: argparse.Namespace) -> int:
     from licbench.training.checkpoint import CHECKPOINT_FORMAT, export_checkpoint, load_checkpoint
     from licbench.training.loop import RUN_FIELDS, SESSION_FIELDS, resolve_settings, train
 
-    if args.export is not None and args.zoo is not None:
+    if args.zoo is not None and args.export is None:
+        raise ValueError("--zoo NAME ships an exported model: it needs --export CKPT")
+    if args.zoo is not None:
         from licbench.models.zoo import ZOO_DIR
+
+        if not ZOO_NAME.fullmatch(args.zoo):
+            raise ValueError(f"--zoo {args.zoo!r}: a zoo name is letters, digits, '.', '_' and '-', not starting with '.'")
 
         if args.out is not None and Path(args.out).resolve() != (ZOO_DIR / f"{args.zoo}.pt").resolve():
             raise ValueError(f"--zoo {args.zoo} writes {ZOO_DIR / (args.zoo + '.pt')}: leave out --out")

@@ -218,6 +218,8 @@ def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_pa
         ("bad crop", "not a multiple of the model's stride 32"),
         ("corrupt checkpoint", "not a loadable checkpoint"),
         ("freeze without init", "--freeze-transforms needs --init"),
+        ("zoo without export", "it needs --export CKPT"),
+        ("zoo name with a path", "a zoo name is letters"),
     ],
 )
 def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run, tmp_path, capsys):
@@ -233,6 +235,8 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
         "bad crop": train_args(data_dir, new_out, "--crop", "48"),
         "corrupt checkpoint": ["train", "--export", str(garbage), "--out", str(new_out)],
         "freeze without init": train_args(data_dir, new_out, "--freeze-transforms"),
+        "zoo without export": train_args(data_dir, new_out, "--zoo", "tiny"),
+        "zoo name with a path": ["train", "--export", str(straight_run), "--zoo", "../tiny"],
     }[case]
     assert cli_main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
