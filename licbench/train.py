@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 # licbench.models.MODEL_NAMES, repeated so that building the CLI parser imports no torch.
 MODEL_CHOICES = ("msp", "checkerboard", "autoregressive", "hyperprior")
-
-
-ZOO_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 def _float_list(text: str) -> list[float]:
@@ -129,14 +125,12 @@ def main(args: argparse.Namespace) -> int:
     if args.zoo is not None and args.export is None:
         raise ValueError("--zoo NAME ships an exported model: it needs --export CKPT")
     if args.zoo is not None:
-        from licbench.models.zoo import ZOO_DIR
+        from licbench.models.zoo import zoo_file
 
-        if not ZOO_NAME.fullmatch(args.zoo):
-            raise ValueError(f"--zoo {args.zoo!r}: a zoo name is letters, digits, '.', '_' and '-', not starting with '.'")
-
-        if args.out is not None and Path(args.out).resolve() != (ZOO_DIR / f"{args.zoo}.pt").resolve():
-            raise ValueError(f"--zoo {args.zoo} writes {ZOO_DIR / (args.zoo + '.pt')}: leave out --out")
-        args.out = ZOO_DIR / f"{args.zoo}.pt"
+        shipped = zoo_file(args.zoo)
+        if args.out is not None and Path(args.out).resolve() != shipped.resolve():
+            raise ValueError(f"--zoo {args.zoo} writes {shipped}: leave out --out")
+        args.out = shipped
     if args.out is None:
         raise ValueError("licbench train needs --out (the checkpoint, or with --export the model file)")
     for name in ("steps", "stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
@@ -154,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
         if args.zoo is not None:
             from licbench.models.zoo import record_in_zoo
 
-            exported["zoo_entry"] = record_in_zoo(args.zoo, args.out, load_checkpoint(args.out), args.zoo_status)
+            exported["zoo_entry"] = record_in_zoo(args.zoo, exported, load_checkpoint(args.out), args.zoo_status)
         print(json.dumps(exported, indent=1))
         return 0
 

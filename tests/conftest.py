@@ -46,3 +46,16 @@ def licbench_cli(*args: str, db: Path, timeout: float = 300, **popen) -> subproc
         env=env,
         **popen,
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (request it with ``pytestmark``): the small models of
+    the tests gain nothing from more threads on 2 shared cores and lose much to oversubscription.
+    The previous count is restored for the other modules."""
+    import torch  # here, not at the top: most test modules never import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -34,12 +34,7 @@ NAME = f"compressai:{ARCH}"
 FAKE_OFFICIAL = "https://compressai.invalid/models/v1"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

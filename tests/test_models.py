@@ -49,14 +49,7 @@ SIZES: dict[str, tuple[int, int, int, int] | None] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine, thread oversubscription makes the many small
-    convolutions of the progressive and serial models several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -31,14 +31,7 @@ RUN = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: tiny models gain nothing from more on shared cores, and lose much when the
-    cores are busy. The trainer also sets it (--threads); give other tests theirs back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +245,8 @@ def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run:
     zoo.mkdir()
     index = zoo / "zoo.json"
     out = zoo / "tiny.pt"
-    export_checkpoint(straight_run, out, check_images=0)
-    entry = record_in_zoo("tiny", out, load(out), "test model", index=index)
+    exported = export_checkpoint(straight_run, out, check_images=0)
+    entry = record_in_zoo("tiny", exported, load(out), "test model", index=index)
     stored = json.loads(index.read_text())["checkpoints"]["tiny"]
     assert stored == entry
     assert entry["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
@@ -262,7 +255,7 @@ def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run:
     assert entry["training"]["sessions"][0]["device"] == "cpu"
     assert entry["training"]["held_out_validation"] == load(straight_run)["history"][-1]["val"]
     # A second entry keeps the first; a file outside the zoo folder is refused.
-    record_in_zoo("tiny-again", out, load(out), "", index=index)
+    record_in_zoo("tiny-again", exported, load(out), "", index=index)
     assert set(json.loads(index.read_text())["checkpoints"]) == {"tiny", "tiny-again"}
     with pytest.raises(ValueError, match="must be in the zoo folder"):
-        record_in_zoo("elsewhere", straight_run, load(out), "", index=index)
+        record_in_zoo("elsewhere", {**exported, "path": str(straight_run)}, load(out), "", index=index)

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 INDEX = ZOO_DIR / "zoo.json"
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def zoo_file(name: str) -> Path:
+    """The package file of zoo checkpoint ``name`` (a plain file name, never a path)."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r}: a zoo name is letters, digits, '.', '_' and '-', not starting with '.'")
+    return ZOO_DIR / f"{name}.pt"
 
 
 @dataclass(frozen=True)
@@ -94,21 +103,21 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_in_zoo(
-    name: str, model_file: Path, payload: dict[str, Any], status: str, index: Path | None = None
+    name: str, exported: dict[str, Any], payload: dict[str, Any], status: str, index: Path | None = None
 ) -> dict[str, Any]:
-    """Add (or replace) the zoo entry ``name`` for ``model_file`` (an exported model, whose
-    ``payload`` is given) in the zoo index (default: the package's); the file must sit next to the
-    index. Returns the entry."""
+    """Add (or replace) the zoo entry ``name`` in the zoo index (default: the package's) for the
+    model file that ``export_checkpoint`` wrote (``exported``: its path, sha256 and size; ``payload``:
+    the file's contents). The file must sit next to the index. Returns the entry."""
     index = INDEX if index is None else index
-    model_file = Path(model_file).resolve()
+    model_file = Path(exported["path"]).resolve()
     if model_file.parent != Path(index).resolve().parent:
         raise ValueError(f"zoo entry {name!r}: {model_file} must be in the zoo folder {Path(index).parent}")
     entries = json.loads(Path(index).read_text()) if Path(index).exists() else {"checkpoints": {}}
     config = payload["model"]
     entry = {
         "file": model_file.name,
-        "sha256": file_sha256(model_file),
-        "bytes": model_file.stat().st_size,
+        "sha256": exported["sha256"],
+        "bytes": exported["bytes"],
         "model": config["model"],
         "profile": config.get("profile"),
         "transforms": config.get("transforms"),
