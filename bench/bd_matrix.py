@@ -6,7 +6,8 @@ several anchors at once, as Markdown (for README / TRAINING.md / closing notes).
 
 BD-rate: average-curve aggregation (the curves averaged over the images of the run), pchip, on
 PSNR-RGB unless --metric says otherwise; negative = fewer bits than the anchor for the same
-quality. A cell is empty when the curves do not overlap (the reason is printed below the table).
+quality. A cell is "n/a" when the curves do not overlap, and its value is starred when they overlap
+on only part of their range; the reason and the interval are printed below the table.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def bd_matrix(frame: pd.DataFrame, dataset: str, codecs: list[str], anchors: lis
             if codec == anchor.label or codec not in table.index:
                 cells[codec, requested] = "-"
                 continue
-            value = table.loc[codec, "bd_rate"]
-            cells[codec, requested] = "n/a" if math.isnan(value) else f"{value:+.1f} %"
-            if table.loc[codec, "note"]:
+            value, note = table.loc[codec, "bd_rate"], table.loc[codec, "note"]
+            # A value with a note was integrated over a partial overlap: mark it so that a reader
+            # of the table alone does not take it for a whole-range figure.
+            cells[codec, requested] = "n/a" if math.isnan(value) else f"{value:+.1f} %" + (" *" if note else "")
+            if note:
                 notes.append(f"{codec} vs {anchor.label}: {table.loc[codec, 'note']}")
     lines = ["| codec | " + " | ".join(f"vs {a}" for a in anchors) + " |", "|---" * (len(anchors) + 1) + "|"]
     lines += [f"| {c} | " + " | ".join(cells[c, a] for a in anchors) + " |" for c in codecs]
@@ -70,6 +73,8 @@ def main() -> None:
     print()
     matrix, notes = bd_matrix(frame, info["dataset"], codecs, anchors, args.metric)
     print(matrix)
+    if notes:
+        print("\n\\* over a partial overlap only (interval below); n/a: no overlap\n")
     for note in notes:
         print(f"- {note}")
 

@@ -306,3 +306,24 @@ def test_cli_run_with_a_checkpoint_path(checkpoints, tmp_path: Path):
     row = rows[(rows["image"] == "a.png") & (rows["rate"] == 1)].iloc[0]
     bitstream = encode(make("hyperprior", checkpoints["hyperprior"]), crop(165, 171, 1), 1, tmp_path).bitstream
     assert (len(bitstream), hashlib.sha256(bitstream).hexdigest()) == (row["bytes"], row["bitstream_sha256"])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shipped_checkpoint_is_pinned_and_codes_a_kodak_crop(name: str, tmp_path: Path):
+    """What `licbench run --codecs NAME` uses on a fresh install: the package's own zoo entry
+    (sha256-checked), a bit-exact round trip, and more bits and a better PSNR at the highest rate
+    point than at the lowest (the gain units are trained, not random)."""
+    entry = zoo.default_checkpoint(*MODELS[name][:2])
+    assert entry is not None, f"no shipped checkpoint for {name}"
+    codec = codec_class(name)()
+    assert codec.availability().ok, codec.availability().reason
+    assert codec.version().endswith(f"sha256:{entry.sha256[:12]}")
+    image = crop(128, 128, index=5)
+    sizes, psnrs = [], []
+    for rate in (0, 5):
+        encoded = encode(codec, image, rate, tmp_path)
+        assert np.array_equal(decode(codec, encoded.bitstream, tmp_path), encoded.reconstruction)
+        error = np.mean((encoded.reconstruction.astype(np.float64) - image) ** 2)
+        sizes.append(len(encoded.bitstream))
+        psnrs.append(10 * math.log10(255**2 / error))
+    assert sizes[1] > sizes[0] and psnrs[1] > psnrs[0] + 1.0, (sizes, psnrs)
