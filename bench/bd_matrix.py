@@ -50,7 +50,7 @@ def bd_matrix(frame: pd.DataFrame, dataset: str, codecs: list[str], anchors: lis
             # of the table alone does not take it for a whole-range figure.
             cells[codec, requested] = "n/a" if math.isnan(value) else f"{value:+.1f} %" + (" *" if note else "")
             if note:
-                notes.append(f"{codec} vs {anchor.label}: {table.loc[codec, 'note']}")
+                notes.append(f"{codec} vs {anchor.label}: {note}")
     lines = ["| codec | " + " | ".join(f"vs {a}" for a in anchors) + " |", "|---" * (len(anchors) + 1) + "|"]
     lines += [f"| {c} | " + " | ".join(cells[c, a] for a in anchors) + " |" for c in codecs]
     return "\n".join(lines), notes

@@ -62,12 +62,9 @@ def default_checkpoint(model: str, profile: str | None) -> ZooEntry | None:
     return None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
@@ -108,11 +105,11 @@ def record_in_zoo(
     """Add (or replace) the zoo entry ``name`` in the zoo index (default: the package's) for the
     model file that ``export_checkpoint`` wrote (``exported``: its path, sha256 and size; ``payload``:
     the file's contents). The file must sit next to the index. Returns the entry."""
-    index = INDEX if index is None else index
+    index = INDEX if index is None else Path(index)
     model_file = Path(exported["path"]).resolve()
-    if model_file.parent != Path(index).resolve().parent:
-        raise ValueError(f"zoo entry {name!r}: {model_file} must be in the zoo folder {Path(index).parent}")
-    entries = json.loads(Path(index).read_text()) if Path(index).exists() else {"checkpoints": {}}
+    if model_file.parent != index.resolve().parent:
+        raise ValueError(f"zoo entry {name!r}: {model_file} must be in the zoo folder {index.parent}")
+    entries = json.loads(index.read_text()) if index.exists() else {"checkpoints": {}}
     config = payload["model"]
     entry = {
         "file": model_file.name,
@@ -125,7 +122,7 @@ def record_in_zoo(
         "training": training_summary(payload),
     }
     entries["checkpoints"][name] = entry
-    Path(index).write_text(json.dumps(entries, indent=1) + "\n")
+    index.write_text(json.dumps(entries, indent=1) + "\n")
     return entry
 
 

@@ -11,7 +11,6 @@ Both file kinds hold only plain data and tensors, so they load with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import tempfile
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from licbench.models.zoo import file_sha256
 
 CHECKPOINT_FORMAT = "licbench-checkpoint-v1"
 MODEL_FORMAT = "licbench-model-v1"
@@ -150,11 +151,6 @@ def shippable_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor
                 continue
         shipped[name] = tensor.clone()
     return shipped, halved
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def export_checkpoint(
