@@ -24,7 +24,6 @@ Every error is an :class:`ImageError` whose message is one line: the file, a col
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zlib
@@ -86,12 +85,6 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(path, "not a recognised image format") from None
     except _DECODE_ERRORS as exc:
         raise ImageError(path, f"truncated or corrupt image ({exc})") from None
-
-
-def image_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of the file's bytes, as lowercase hex."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _png_header(head: bytes) -> tuple[int, int, int] | None:

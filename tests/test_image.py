@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import KODAK
-from licbench.image import ImageError, image_sha256, load_image
+from licbench.digest import file_digest
+from licbench.image import ImageError, load_image
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_kodak_png_loads_as_rgb_uint8(kodim01: Path) -> None:
 
 def test_image_sha256_matches_published_sum(kodim01: Path) -> None:
     sums = dict(line.split()[::-1] for line in (KODAK / "SHA256SUMS").read_text().splitlines())
-    assert image_sha256(kodim01) == sums["kodim01.png"]
+    assert file_digest(kodim01) == sums["kodim01.png"]
 
 
 def test_truncated_png_is_refused(kodim01: Path, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from licbench.codecs.base import Availability, Codec, CodecError, CodecUnavailab
 from licbench.datasets.catalogue import Checksum
 from licbench.datasets.errors import ChecksumError, DownloadError
 from licbench.datasets.download import download
+from licbench.digest import file_digest
 
 # The image architectures of compressai.zoo.image_models (without the variable-rate "-vbr" models)
 # and their quality indices. Listed here rather than read from compressai at import time because
@@ -225,12 +226,10 @@ class CompressAIZooCodec(Codec):
 
     def fetch_weights(self, quality: int) -> Path:
         """The verified local weight file for ``quality``, downloaded if it is not cached yet."""
-        from licbench.models.zoo import file_sha256
-
         url, path = self.weights_source(quality)
         prefix = hash_prefix(path.name)
         if path.is_file():
-            found = file_sha256(path)
+            found = file_digest(path)
             if not found.startswith(prefix):
                 raise CodecError(
                     f"{self.name}: cached {path} has sha256 {found[:12]}..., not the {prefix} its name "

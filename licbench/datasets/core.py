@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,8 @@ from licbench.datasets.archive import extract_images
 from licbench.datasets.catalogue import KNOWN_DATASETS, Checksum, DatasetSource
 from licbench.datasets.download import download as download_file
 from licbench.datasets.errors import ChecksumError, DatasetError, DownloadError
-from licbench.image import ImageError, image_sha256, load_image
+from licbench.digest import file_digest
+from licbench.image import ImageError, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 SUMS_FILE = "SHA256SUMS"  # per-file checksums in a dataset folder, in `sha256sum` format
@@ -318,7 +318,7 @@ def _cached_sha256(files: list[Path], recheck: bool) -> dict[Path, str]:
             result[path] = entry[2]
             continue
         hashed_at = time.time_ns()
-        result[path] = image_sha256(path)
+        result[path] = file_digest(path)
         cache[key] = [stat.st_size, stat.st_mtime_ns, result[path], hashed_at]
         changed = True
     if changed:
@@ -392,7 +392,7 @@ def _fetch_archive(source: DatasetSource, mirror: str | None) -> Path:
             # Reusing this archive could only fail the same way; a fresh download may not.
             archive.unlink()
             raise type(exc)(f"{exc}; the archive was deleted") from None
-        _write_sums(staging, {path.name: image_sha256(path) for path in extracted})
+        _write_sums(staging, {path.name: file_digest(path) for path in extracted})
         if folder.exists():  # an incomplete earlier copy
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -414,18 +414,13 @@ def _recorded_checksum(record: Path) -> Checksum | None:
 def _check_existing_archive(archive: Path, expected: Checksum | None) -> str:
     """Verify an archive found in the downloads folder; returns its sha256."""
     if expected is not None:
-        actual = _file_digest(archive, expected.algorithm)
+        actual = file_digest(archive, expected.algorithm)
         if not expected.matches(actual):
             raise ChecksumError(
                 f"{archive}: {expected.algorithm} mismatch (expected {expected.hexdigest}, got {actual}); "
                 "delete it to download again"
             )
-    return _file_digest(archive, "sha256")
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
+    return file_digest(archive)
 
 
 def _check_extracted(source: DatasetSource, archive: Path, staging: Path, extracted: list[Path]) -> None:

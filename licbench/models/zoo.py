@@ -8,12 +8,13 @@ files are verified against their sha256 before loading, and every file is loaded
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from licbench.digest import file_digest
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 INDEX = ZOO_DIR / "zoo.json"
@@ -60,11 +61,6 @@ def default_checkpoint(model: str, profile: str | None) -> ZooEntry | None:
         if entry.model == model and entry.profile == profile:
             return entry
     return None
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +130,7 @@ def resolve_checkpoint(name_or_path: str) -> tuple[Path, str]:
         entry = entries[name_or_path]
         if not entry.path.is_file():
             raise FileNotFoundError(f"zoo checkpoint {entry.name!r}: {entry.path} is missing from the package")
-        found = file_sha256(entry.path)
+        found = file_digest(entry.path)
         if found != entry.sha256:
             raise ValueError(f"zoo checkpoint {entry.path.name}: sha256 {found[:12]}... does not match the zoo's {entry.sha256[:12]}...")
         return entry.path, found
@@ -142,4 +138,4 @@ def resolve_checkpoint(name_or_path: str) -> tuple[Path, str]:
     if not path.is_file():
         known = ", ".join(sorted(entries)) or "none shipped"
         raise FileNotFoundError(f"checkpoint {name_or_path!r} is neither a file nor a zoo name (zoo: {known})")
-    return path, file_sha256(path)
+    return path, file_digest(path)

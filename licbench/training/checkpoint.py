@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from licbench.models.zoo import file_sha256
+from licbench.digest import file_digest
 
 CHECKPOINT_FORMAT = "licbench-checkpoint-v1"
 MODEL_FORMAT = "licbench-model-v1"
@@ -202,7 +202,7 @@ def export_checkpoint(
         check["max_abs_delta_psnr"] = max(abs(a["psnr"] - b["psnr"]) for a, b in zip(full, shipped))
     return {
         "path": str(out),
-        "sha256": file_sha256(out),
+        "sha256": file_digest(out),
         "bytes": Path(out).stat().st_size,
         "step": payload["step"],
         "fp16_tensors": len(halved),
