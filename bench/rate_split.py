@@ -1,0 +1,94 @@
+"""Where the bits go: MSP's rate per scale of its pyramid against the hyperprior family's split
+between the latent y and the side latent z, on real images, for every rate point.
+
+MSP codes the coarsest scale y_S (1/4**S of the elements) with a factorized bottleneck and every
+finer scale from its context network; the hyperprior codes all of y from the side latent z. The
+table says which part of each model pays for what at each rate, and the PSNR it buys.
+Likelihood estimates in eval mode (y_hat = mu + round(y - mu), the values the decoder
+reconstructs), not written bitstreams: those are within about 1-2 % (tests/test_models.py).
+
+    python bench/rate_split.py                                   # msp-base-small, hyperprior-small
+    python bench/rate_split.py --models msp-extra-small,checkerboard-small --images 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from licbench.image import load_image
+from licbench.models.zoo import resolve_checkpoint
+from licbench.training.checkpoint import load_model
+
+KODAK = Path(os.environ.get("LICBENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "kodak"
+
+
+def scale_of_positions(height: int, width: int, scales: int) -> torch.Tensor:
+    """(height, width) map of the MSP scale each latent position is coded at (0 = finest)."""
+    rows = torch.arange(height)[:, None]
+    cols = torch.arange(width)[None, :]
+    level = torch.zeros(height, width, dtype=torch.long)
+    for scale in range(1, scales + 1):
+        step = 2**scale
+        level[(rows % step == step - 1) & (cols % step == step - 1)] = scale
+    return level
+
+
+@torch.no_grad()
+def rate_split(model: torch.nn.Module, image: Path, rate_index: int) -> tuple[dict[str, float], float]:
+    """({component: bits per pixel}, PSNR-RGB in dB) of one image at one rate point."""
+    pixels = torch.from_numpy(load_image(image)).permute(2, 0, 1)[None].float() / 255
+    height, width = pixels.shape[-2:]
+    stride = model.stride
+    padded = F.pad(pixels, (0, -width % stride, 0, -height % stride), mode="replicate")
+    out = model(padded, rate_index)
+    split: dict[str, float] = {}
+    profile = getattr(model.latent_codec, "profile", None)
+    for name, likelihoods in out["likelihoods"].items():
+        bits = -torch.log2(likelihoods).sum(dim=(0, 1))  # per latent position
+        if profile is not None and name == "y":
+            level = scale_of_positions(*bits.shape, profile.scales)
+            for scale in range(profile.scales + 1):
+                part = "bottleneck" if scale == profile.scales else "context"
+                split[f"y{scale} ({part})"] = float(bits[level == scale].sum()) / (height * width)
+        else:
+            split[name] = float(bits.sum()) / (height * width)
+    mse = F.mse_loss(out["x_hat"].clamp(0, 1)[..., :height, :width], pixels).item()
+    return split, -10 * math.log10(mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="msp-base-small,hyperprior-small", help="zoo names or checkpoint files")
+    parser.add_argument("--images", type=int, default=4, help="first N Kodak images (default 4)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images = sorted(KODAK.glob("*.png"))[: args.images]
+    if not images:
+        raise SystemExit(f"no Kodak images in {KODAK} (set LICBENCH_DATA)")
+    print(f"{len(images)} Kodak images; mean bits per pixel by component (estimates) and PSNR-RGB")
+    for name in args.models.split(","):
+        path, digest = resolve_checkpoint(name)
+        model = load_model(path)
+        print(f"\n{name} (sha256 {digest[:12]})")
+        for rate_index in range(model.n_rates):
+            totals: dict[str, float] = {}
+            psnrs = []
+            for image in images:
+                split, psnr = rate_split(model, image, rate_index)
+                for part, bpp in split.items():
+                    totals[part] = totals.get(part, 0.0) + bpp / len(images)
+                psnrs.append(psnr)
+            total = sum(totals.values())
+            parts = "  ".join(f"{part} {bpp:.4f} ({100 * bpp / total:.0f} %)" for part, bpp in totals.items())
+            print(f"  rate {rate_index}: {total:.4f} bpp {sum(psnrs) / len(psnrs):.2f} dB  {parts}")
+
+
+if __name__ == "__main__":
+    main()
