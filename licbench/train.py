@@ -107,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--export: measure the float16 cost on the first K held-out images (default 1; 0 skips)",
     )
     run.add_argument(
+        "--export-precision", choices=["float16", "float32"], default="float16",
+        help="--export: weights in float16 (default; entropy tables stay exact) or float32 (twice the "
+        "size, for a model whose results the rounding moves)",
+    )
+    run.add_argument(
         "--zoo", metavar="NAME",
         help="--export: ship the model as zoo checkpoint NAME (licbench/zoo/NAME.pt + its zoo.json "
         "entry with sha256 and training record); --out is then optional",
@@ -144,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        exported = export_checkpoint(args.export, args.out, args.export_check)
+        exported = export_checkpoint(args.export, args.out, args.export_check, args.export_precision)
         if args.zoo is not None:
             from licbench.models.zoo import record_in_zoo
 

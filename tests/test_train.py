@@ -237,6 +237,22 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
     assert not new_out.exists()
 
 
+def test_float32_export_ships_the_weights_as_trained(straight_run: Path, tmp_path: Path):
+    from licbench.training.checkpoint import export_checkpoint
+
+    out = tmp_path / "model32.pt"
+    info = export_checkpoint(straight_run, out, precision="float32")
+    assert info["fp16_tensors"] == 0
+    trained = load(straight_run)["state_dict"]
+    shipped = load(out)["state_dict"]
+    assert shipped["g_a.layers.0.weight"].dtype == torch.float32
+    assert torch.equal(shipped["g_a.layers.0.weight"], trained["g_a.layers.0.weight"])
+    # No rounding, so the shipped file measures exactly what the training checkpoint does.
+    assert info["check"]["images"] and info["check"]["shipped"] == info["check"]["float32"]
+    with pytest.raises(ValueError, match="export precision"):
+        export_checkpoint(straight_run, tmp_path / "bad.pt", check_images=0, precision="bfloat16")
+
+
 def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run: Path, tmp_path: Path):
     from licbench.models.zoo import record_in_zoo
     from licbench.training.checkpoint import export_checkpoint

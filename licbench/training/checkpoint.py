@@ -123,6 +123,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     return model.to(device).eval()
 
 
+EXPORT_PRECISIONS = ("float16", "float32")
+
+
 def _entropy_model_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     """state_dict prefixes of every CompressAI entropy model (bottlenecks, Gaussian conditionals)."""
     from compressai.entropy_models import EntropyModel
@@ -130,20 +133,26 @@ def _entropy_model_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"{name}." for name, module in model.named_modules() if isinstance(module, EntropyModel))
 
 
-def shippable_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+def shippable_state_dict(
+    model: torch.nn.Module, precision: str = "float16"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(state_dict for shipping, names of the tensors stored as float16).
 
-    Float tensors of the transforms and context networks become float16 when every value stays
-    finite; encoder and decoder both load these same rounded weights, so they stay in step. Every
+    With ``precision="float16"``, float tensors of the transforms and context networks become
+    float16 when every value stays finite; encoder and decoder both load these same rounded
+    weights, so they stay in step. ``"float32"`` keeps every tensor as trained (twice the size,
+    for models whose results the rounding moves: see the export check). Every
     tensor of an entropy model (quantiles, CDF tables, offsets, lengths, scale table, and the
     density parameters the tables were built from) keeps its dtype bit-exactly: the coder must see
     exactly the tables the model was updated with.
     """
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"export precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
     keep_exact = _entropy_model_prefixes(model)
     shipped, halved = {}, []
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
-        if tensor.is_floating_point() and not name.startswith(keep_exact):
+        if precision == "float16" and tensor.is_floating_point() and not name.startswith(keep_exact):
             half = tensor.to(torch.float16)
             if torch.isfinite(half).all():
                 shipped[name] = half
@@ -154,15 +163,18 @@ def shippable_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out: str | Path, check_images: int | Sequence[str | Path] = 1
+    checkpoint: str | Path,
+    out: str | Path,
+    check_images: int | Sequence[str | Path] = 1,
+    precision: str = "float16",
 ) -> dict[str, Any]:
     """Write the shippable model file ``out`` from a training checkpoint and describe it.
 
     The file has the model config, a :func:`shippable_state_dict` including the entropy coding
     tables (``model.update(force=True)`` is run first), the training record and history.
     ``check_images`` (image paths, or a count K: the first K of the checkpoint's held-out
-    validation images that still exist; 0 skips the check) measure what the float16 rounding
-    costs: per rate point, bpp and PSNR with the float32 weights and with the shipped ones, on the
+    validation images that still exist; 0 skips the check) measure what the ``precision``
+    (:func:`shippable_state_dict`) costs: per rate point, bpp and PSNR with the float32 weights and with the shipped ones, on the
     whole images (slow on a CPU for big models: a few seconds per image and rate). Returns {"path", "sha256", "bytes", "step", "fp16_tensors",
     "exact_tensors", "check"}.
     """
@@ -174,7 +186,7 @@ def export_checkpoint(
         raise ValueError(f"{checkpoint}: already an exported model file, not a training checkpoint")
     model = build_from_payload(payload).eval()
     model.update(force=True)
-    state_dict, halved = shippable_state_dict(model)
+    state_dict, halved = shippable_state_dict(model, precision)
     save_atomic(
         {
             "format": MODEL_FORMAT,
