@@ -14,16 +14,16 @@ reconstructs), not written bitstreams: those are within about 1-2 % (tests/test_
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from licbench.image import load_image
 from licbench.models.zoo import resolve_checkpoint
 from licbench.training.checkpoint import load_model
+from licbench.training.data import image_tensor
+from licbench.training.evaluate import pad_to_multiple, psnr
 
 KODAK = Path(os.environ.get("LICBENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "kodak"
 
@@ -40,13 +40,11 @@ def scale_of_positions(height: int, width: int, scales: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rate_split(model: torch.nn.Module, image: Path, rate_index: int) -> tuple[dict[str, float], float]:
-    """({component: bits per pixel}, PSNR-RGB in dB) of one image at one rate point."""
-    pixels = torch.from_numpy(load_image(image)).permute(2, 0, 1)[None].float() / 255
+def rate_split(model: torch.nn.Module, pixels: torch.Tensor, rate_index: int) -> tuple[dict[str, float], float]:
+    """({component: bits per pixel}, PSNR-RGB in dB) of one image (1 x 3 x H x W in [0, 1]) at one
+    rate point."""
     height, width = pixels.shape[-2:]
-    stride = model.stride
-    padded = F.pad(pixels, (0, -width % stride, 0, -height % stride), mode="replicate")
-    out = model(padded, rate_index)
+    out = model(pad_to_multiple(pixels, model.stride), rate_index)
     split: dict[str, float] = {}
     profile = getattr(model.latent_codec, "profile", None)
     for name, likelihoods in out["likelihoods"].items():
@@ -58,8 +56,7 @@ def rate_split(model: torch.nn.Module, image: Path, rate_index: int) -> tuple[di
                 split[f"y{scale} ({part})"] = float(bits[level == scale].sum()) / (height * width)
         else:
             split[name] = float(bits.sum()) / (height * width)
-    mse = F.mse_loss(out["x_hat"].clamp(0, 1)[..., :height, :width], pixels).item()
-    return split, -10 * math.log10(mse)
+    return split, psnr(F.mse_loss(out["x_hat"].clamp(0, 1)[..., :height, :width], pixels).item())
 
 
 def main() -> None:
@@ -69,9 +66,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images = sorted(KODAK.glob("*.png"))[: args.images]
-    if not images:
+    files = sorted(KODAK.glob("*.png"))[: args.images]
+    if not files:
         raise SystemExit(f"no Kodak images in {KODAK} (set LICBENCH_DATA)")
+    images = [image_tensor(path)[None] for path in files]  # decoded once, used by every model and rate
     print(f"{len(images)} Kodak images; mean bits per pixel by component (estimates) and PSNR-RGB")
     for name in args.models.split(","):
         path, digest = resolve_checkpoint(name)
