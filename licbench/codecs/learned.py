@@ -62,7 +62,28 @@ class LearnedImageCodec(Codec):
     profile: ClassVar[str | None] = None
     rate_parameter = "rate_index"
     default_rates = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
-    default_settings: ClassVar[dict[str, Any]] = {"checkpoint": "", "device": "cpu", "threads": 0}
+    # lof_*: latent overfitting at encode time (licbench.models.lof); 0 iterations = off.
+    default_settings: ClassVar[dict[str, Any]] = {
+        "checkpoint": "",
+        "device": "cpu",
+        "threads": 0,
+        "lof_iterations": 0,
+        "lof_lr": 0.005,
+        "lof_check_every": 5,
+    }
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        from licbench.models.lof import LatentOverfitting
+
+        try:
+            self.lof = LatentOverfitting(
+                self.settings["lof_iterations"], self.settings["lof_lr"], self.settings["lof_check_every"]
+            )
+        except ValueError:
+            raise ValueError(
+                f"codec {self.name!r}: lof_iterations must be >= 0, lof_lr > 0 and lof_check_every >= 1"
+            ) from None
 
     @property
     def tag(self) -> str:
@@ -167,15 +188,25 @@ class LearnedImageCodec(Codec):
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
         stride = model.stride
         x = F.pad(x, (0, -width % stride, 0, -height % stride), mode="replicate")
+        x = x.to(self.settings["device"])
+        info: dict[str, Any] = {"rate_index": rate_index}
+        latent = None
+        if self.lof.iterations:
+            latent, record = self._overfit(model, x, rate_index, height, width)
+            info.update(record)
         with torch.no_grad():
-            compressed = model.compress(x.to(self.settings["device"]), rate_index)
+            compressed = model.compress(x, rate_index, latent=latent)
             reconstruction = model.synthesize(compressed["y_hat"], rate_index)
         bitstream = pack_header(self.tag, height, width, digest) + model.pack_bitstream(compressed, rate_index)
-        return Encoded(
-            bitstream,
-            reconstruction=_to_uint8(reconstruction, height, width),
-            info={"rate_index": rate_index},
-        )
+        return Encoded(bitstream, reconstruction=_to_uint8(reconstruction, height, width), info=info)
+
+    def _overfit(self, model: Any, x: Any, rate_index: int, height: int, width: int) -> tuple[Any, dict[str, Any]]:
+        """Latent overfitting of ``x`` for the model's own training objective at this rate point."""
+        from licbench.models.lof import overfit_latent
+
+        if model.rd_objective is None or model.rd_objective[0] != "mse":
+            raise CodecError(f"{self.tag}: latent overfitting needs a checkpoint trained for MSE with its lambdas recorded")
+        return overfit_latent(model, x, rate_index, model.rd_objective[1][rate_index], self.lof, height, width)
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:
         from licbench.models import BitstreamError
@@ -207,6 +238,13 @@ class MSPBase(LearnedImageCodec):
     model = "msp"
     profile = "base"
     description = "MSP multi-scale progressive model, profile base (27 sequential passes), our transforms"
+
+
+@register
+class MSPBaseLOF(MSPBase):
+    name = "msp-lof"
+    description = "MSP profile base + latent overfitting at encode time (40 Adam steps on the latent); decoder as msp"
+    default_settings: ClassVar[dict[str, Any]] = {**LearnedImageCodec.default_settings, "lof_iterations": 40}
 
 
 @register

@@ -79,6 +79,8 @@ class LearnedCodec(CompressionModel):
         self.inverse_gains = nn.Parameter((1.0 / initial_gains)[:, None].repeat(1, latent_channels))
         self.stride: int = analysis.stride * latent_codec.latent_stride
         self.config = dict(config)
+        # (metric, lambda per rate index) the model was trained for; set when loaded from a file.
+        self.rd_objective: tuple[str, list[float]] | None = None
 
     # -- gain units -------------------------------------------------------------------------
     def _gain(self, table: Tensor, rate_index: RateIndex, batch: int) -> Tensor:
@@ -119,10 +121,20 @@ class LearnedCodec(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": y_out["likelihoods"], "y_hat": y_hat}
 
     @torch.no_grad()
-    def compress(self, x: Tensor, rate_index: int) -> dict[str, Any]:
-        """Entropy-code ``x``: {"strings": [[bytes per image] per stream], "shape", "y_hat"}."""
+    def compress(self, x: Tensor, rate_index: int, latent: Tensor | None = None) -> dict[str, Any]:
+        """Entropy-code ``x``: {"strings": [[bytes per image] per stream], "shape", "y_hat"}.
+
+        ``latent``: code this latent instead of ``g_a(x) * g_r`` (latent overfitting, :mod:`licbench.models.lof`).
+        """
         self._check_image(x)
-        y = self.g_a(x) * self._gain(self.gains, rate_index, x.shape[0])
+        if latent is None:
+            y = self.g_a(x) * self._gain(self.gains, rate_index, x.shape[0])
+        else:
+            step = self.g_a.stride
+            expected = (x.shape[0], self.gains.shape[1], x.shape[-2] // step, x.shape[-1] // step)
+            if tuple(latent.shape) != expected:
+                raise ValueError(f"latent shape {tuple(latent.shape)} does not match the image's {expected}")
+            y = latent
         # Non-finite latents or probability parameters would make the C++ coder write garbage or
         # crash; finite weights and latent keep every parameter finite.
         if not torch.isfinite(y).all() or not all(torch.isfinite(p).all() for p in self.parameters()):

@@ -111,6 +111,9 @@ def build_from_payload(payload: dict[str, Any]) -> torch.nn.Module:
     model = build_model(**payload["model"])
     # Exported files store most weights as float16; copying into the float32 model upcasts them.
     model.load_state_dict(payload["state_dict"])
+    settings = payload.get("training", {}).get("settings", {})
+    if "lambdas" in settings:  # what latent overfitting optimises for at each rate point
+        model.rd_objective = (settings.get("metric", "mse"), list(settings["lambdas"]))
     return model
 
 
