@@ -60,7 +60,7 @@ def test_the_record_is_what_the_coder_writes():
     image = crop(96, 128)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0)
     lmbda = model.rd_objective[1][RATE]
-    latent, record = overfit_latent(model, x, RATE, lmbda, LatentOverfitting(8, check_every=4))
+    latent, record = overfit_latent(model, x, RATE, lmbda, LatentOverfitting(8, learning_rate=0.005, check_every=4))
 
     compressed = model.compress(x, RATE, latent=latent)
     stream_bytes = sum(len(stream[0]) for stream in compressed["strings"])

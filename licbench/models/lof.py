@@ -10,7 +10,7 @@ serial autoregressive model's raster-scan codec). That proxy is not the real cos
 search is greedy: every ``check_every`` steps it measures the TRUE cost of the current latent
 (rounded as the coder rounds it, exact discrete likelihoods, the clamped 8-bit reconstruction)
 and keeps the best latent seen, the initial one included. LOF can therefore never make an image's
-cost worse than plain encoding, and the decoder is unchanged: it only sees a different latent.
+true cost worse than plain encoding, and the decoder is unchanged: it only sees a different latent.
 
 Works with every :class:`licbench.models.LearnedCodec` (MSP and the three baselines), so that LOF's
 gain can be compared across probability models on equal terms.
@@ -31,11 +31,12 @@ from licbench.training.evaluate import bits_per_item
 @dataclass(frozen=True)
 class LatentOverfitting:
     """The knobs of an LOF search (plain data): Adam steps on the latent, their learning rate
-    (latent units per step), and how often the true cost is measured."""
+    (latent units per step), and how often the true cost is measured. The defaults live with the
+    codec adapters' settings (``lof_iterations``, ``lof_lr``, ``lof_check_every``)."""
 
     iterations: int
-    learning_rate: float = 0.02
-    check_every: int = 5
+    learning_rate: float
+    check_every: int
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.check_every < 1 or not self.learning_rate > 0:
