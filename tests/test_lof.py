@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import kodak_image
-from licbench.codecs.base import codec_class, make_codec
+from licbench.codecs.base import CodecError, codec_class, make_codec
 from licbench.models.lof import LatentOverfitting, overfit_latent
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,3 +94,11 @@ def test_compress_refuses_a_latent_of_the_wrong_shape():
     x = torch.zeros(1, 3, 64, 64)
     with pytest.raises(ValueError, match="latent shape"):
         model.compress(x, RATE, latent=torch.zeros(1, 96, 4, 8))
+
+
+def test_autoregressive_lof_is_refused_with_the_reason(tmp_path: Path):
+    """Its parallel estimate rounds y without the means, unlike its serial coder: a true cost
+    measured with it would be wrong, so LOF says so instead of coding a worse latent."""
+    codec = make_codec("autoregressive:lof_iterations=5")
+    with pytest.raises(CodecError, match="autoregressive: latent overfitting needs .*AutoregressiveCodec's is not"):
+        codec.encode(crop(32, 32), RATE, tmp_path, timeout=120)

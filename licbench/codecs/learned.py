@@ -206,7 +206,10 @@ class LearnedImageCodec(Codec):
 
         if model.rd_objective is None or model.rd_objective[0] != "mse":
             raise CodecError(f"{self.tag}: latent overfitting needs a checkpoint trained for MSE with its lambdas recorded")
-        return overfit_latent(model, x, rate_index, model.rd_objective[1][rate_index], self.lof, height, width)
+        try:
+            return overfit_latent(model, x, rate_index, model.rd_objective[1][rate_index], self.lof, height, width)
+        except ValueError as exc:
+            raise CodecError(f"{self.tag}: {exc}") from None
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:
         from licbench.models import BitstreamError

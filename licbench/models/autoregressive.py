@@ -111,6 +111,10 @@ def raster_scan(
 class AutoregressiveCodec(HyperpriorCodec):
     """Hyperprior + serial 5x5 masked context (Minnen 2018) for ``latent_channels`` channels."""
 
+    # CompressAI's parallel raster-scan forward reconstructs round(y), not mu + round(y - mu): its
+    # estimate is not what the serial coder writes (the means depend on the decoded neighbours).
+    estimate_matches_coder = False
+
     def __init__(self, latent_channels: int, hyper_channels: int) -> None:
         y_codec = SerialContextCodec(
             gaussian_conditional=IndexedGaussianConditional(),

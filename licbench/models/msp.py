@@ -163,6 +163,7 @@ class MSPLatentCodec(LatentCodec):
     """
 
     latent_stride = 1  # odd latent sizes are handled by the scale pyramid itself
+    estimate_matches_coder = True  # one loop for estimation and coding (module doc)
 
     def __init__(self, latent_channels: int, profile: MSPProfile, quantizer: str = "noise") -> None:
         super().__init__()
