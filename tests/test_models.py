@@ -74,7 +74,7 @@ def image_of(size: str, stride: int) -> torch.Tensor:
 
 def scaled_latent(model: LearnedCodec, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model.g_a(x) * model.gains[RATE][None, :, None, None]
+        return model.analyze(x, RATE)
 
 
 @functools.cache

@@ -110,15 +110,21 @@ class LearnedCodec(CompressionModel):
                 "pad it first"
             )
 
+    def analyze(self, x: Tensor, rate_index: RateIndex) -> Tensor:
+        """The latent to quantise, ``g_a(x) * g_r`` (differentiable)."""
+        return self.g_a(x) * self._gain(self.gains, rate_index, x.shape[0])
+
+    def reconstruct(self, y_hat: Tensor, rate_index: RateIndex) -> Tensor:
+        """``g_s(y_hat * g'_r)``, not clamped (differentiable)."""
+        return self.g_s(y_hat * self._gain(self.inverse_gains, rate_index, y_hat.shape[0]))
+
     # -- coding ----------------------------------------------------------------------------
     def forward(self, x: Tensor, rate_index: RateIndex) -> dict[str, Any]:
         """Training / estimation pass: reconstruction, likelihoods of every coded element, y_hat."""
         self._check_image(x)
-        y = self.g_a(x) * self._gain(self.gains, rate_index, x.shape[0])
-        y_out = self.latent_codec(y)
+        y_out = self.latent_codec(self.analyze(x, rate_index))
         y_hat = y_out["y_hat"]
-        x_hat = self.g_s(y_hat * self._gain(self.inverse_gains, rate_index, x.shape[0]))
-        return {"x_hat": x_hat, "likelihoods": y_out["likelihoods"], "y_hat": y_hat}
+        return {"x_hat": self.reconstruct(y_hat, rate_index), "likelihoods": y_out["likelihoods"], "y_hat": y_hat}
 
     @torch.no_grad()
     def compress(self, x: Tensor, rate_index: int, latent: Tensor | None = None) -> dict[str, Any]:
@@ -128,7 +134,7 @@ class LearnedCodec(CompressionModel):
         """
         self._check_image(x)
         if latent is None:
-            y = self.g_a(x) * self._gain(self.gains, rate_index, x.shape[0])
+            y = self.analyze(x, rate_index)
         else:
             step = self.g_a.stride
             expected = (x.shape[0], self.gains.shape[1], x.shape[-2] // step, x.shape[-1] // step)
@@ -163,8 +169,7 @@ class LearnedCodec(CompressionModel):
     def synthesize(self, y_hat: Tensor, rate_index: int) -> Tensor:
         """The decoded image (clamped to [0, 1]) of a decoded latent: what the encoder keeps as its
         own reconstruction and the decoder outputs."""
-        inverse_gain = self._gain(self.inverse_gains, rate_index, y_hat.shape[0])
-        return self.g_s(y_hat * inverse_gain).clamp_(0, 1)
+        return self.reconstruct(y_hat, rate_index).clamp_(0, 1)
 
     # -- one-image bitstream container ---------------------------------------------------
     def pack_bitstream(self, compressed: dict[str, Any], rate_index: int) -> bytes:

@@ -54,8 +54,7 @@ def _cost(
     """
     model.latent_codec.train(not true)
     output = model.latent_codec(y)
-    inverse_gain = model._gain(model.inverse_gains, rate_index, 1)
-    x_hat = model.g_s(output["y_hat"] * inverse_gain)
+    x_hat = model.reconstruct(output["y_hat"], rate_index)
     if true:
         x_hat = x_hat.clamp(0, 1).mul(255).round().div(255)
     bpp = bits_per_item(output["likelihoods"]).sum() / (height * width)
@@ -99,7 +98,7 @@ def overfit_latent(
         m.quantizer = "ste"
     try:
         with torch.no_grad():
-            y_start = model.g_a(x) * model._gain(model.gains, rate_index, 1)
+            y_start = model.analyze(x, rate_index)
             start_cost, start_bpp, start_mse = _cost(model, y_start, x, rate_index, lmbda, height, width, True)
         best = (float(start_cost), 0, y_start, start_bpp, start_mse)
         y = y_start.clone().requires_grad_(True)
