@@ -179,16 +179,15 @@ class LearnedImageCodec(Codec):
 
     def encode(self, image: np.ndarray, rate: float, workdir: Path, timeout: float) -> Encoded:
         import torch
-        import torch.nn.functional as F
+
+        from licbench.training.evaluate import pad_to_multiple
 
         check_rgb(image, self.name)
         model, digest, _ = self._loaded
         rate_index = self._rate_index(rate)
         height, width = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
-        stride = model.stride
-        x = F.pad(x, (0, -width % stride, 0, -height % stride), mode="replicate")
-        x = x.to(self.settings["device"])
+        x = pad_to_multiple(x, model.stride).to(self.settings["device"])
         info: dict[str, Any] = {"rate_index": rate_index}
         latent = None
         if self.lof.iterations:

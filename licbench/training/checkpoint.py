@@ -178,7 +178,8 @@ def export_checkpoint(
     ``check_images`` (image paths, or a count K: the first K of the checkpoint's held-out
     validation images that still exist; 0 skips the check) measure what the ``precision``
     (:func:`shippable_state_dict`) costs: per rate point, bpp and PSNR with the float32 weights
-    and with the shipped ones, on the whole images (slow on a CPU for big models: a few seconds per image and rate). Returns {"path", "sha256", "bytes", "step", "fp16_tensors",
+    and with the shipped ones, on the whole images (slow on a CPU for big models: a few seconds
+    per image and rate). Returns {"path", "sha256", "bytes", "step", "fp16_tensors",
     "exact_tensors", "check"}.
     """
     from licbench.training.data import image_tensor
