@@ -65,7 +65,7 @@ def default_checkpoint(model: str, profile: str | None) -> ZooEntry | None:
 
 def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
     """The zoo's training record of a model file's payload: data, steps, lambdas, time, and where
-    each session ran (device, threads, CPU, versions), with the last held-out validation."""
+    each session ran (device, threads, CPU, versions), with the last held-out validation and its step."""
     training = payload["training"]
     data = training["data"]
     return {
@@ -91,6 +91,8 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
             }
             for session in training["sessions"]
         ],
+        # The last validation may predate the final step (a run stopped between validations).
+        "held_out_validation_step": payload["history"][-1]["step"] if payload["history"] else None,
         "held_out_validation": payload["history"][-1]["val"] if payload["history"] else None,
     }
 
