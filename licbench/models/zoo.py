@@ -68,6 +68,7 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
     each session ran (device, threads, CPU, versions), with the last held-out validation and its step."""
     training = payload["training"]
     data = training["data"]
+    last_validation = payload["history"][-1] if payload["history"] else None
     return {
         "steps": payload["step"],
         "elapsed_s": round(float(training["elapsed_s"]), 1),
@@ -92,8 +93,8 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
             for session in training["sessions"]
         ],
         # The last validation may predate the final step (a run stopped between validations).
-        "held_out_validation_step": payload["history"][-1]["step"] if payload["history"] else None,
-        "held_out_validation": payload["history"][-1]["val"] if payload["history"] else None,
+        "held_out_validation_step": last_validation["step"] if last_validation else None,
+        "held_out_validation": last_validation["val"] if last_validation else None,
     }
 
 
