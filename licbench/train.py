@@ -95,7 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue the run in --out if it exists")
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    run.add_argument("--val-every", type=int, help="validate every N steps (default 1000)")
+    run.add_argument(
+        "--val-every",
+        type=int,
+        help="validate every N steps (default 1000); the best held-out RD loss so far is also saved as NAME.best.EXT beside --out",
+    )
     run.add_argument("--save-every", type=int, help="write the checkpoint every N steps (default 500)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(

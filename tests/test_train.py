@@ -156,6 +156,29 @@ def test_resume_after_stop_is_bitwise_equal_to_a_straight_run(data_dir: Path, st
     assert [s["start_step"] for s in resumed["training"]["sessions"]] == [0, 5]
 
 
+def test_best_validation_is_kept_as_a_complete_checkpoint(data_dir: Path, straight_run: Path, tmp_path: Path):
+    from licbench.training.data import image_tensor
+    from licbench.training.evaluate import evaluate_images
+    from licbench.training.loop import best_checkpoint_path, held_out_loss
+
+    # A learning rate far too high: the held-out loss rises after step 0 (deterministic on CPU).
+    out = tmp_path / "diverging.pt"
+    assert cli_main(train_args(data_dir, out, "--lr", "3e-2")) == 0
+    for run in (straight_run, out):
+        final, best = load(run), load(best_checkpoint_path(run))
+        losses = {entry["step"]: held_out_loss(entry) for entry in final["history"]}
+        best_step = min(losses, key=losses.get)
+        assert best["format"] == CHECKPOINT_FORMAT and best["step"] == best_step
+        assert best["history"] == final["history"][: len(best["history"])]
+        # It holds that step's weights: validating them again gives the recorded loss.
+        model = build_from_payload(best)
+        val_images = [image_tensor(Path(f)) for f in final["training"]["data"]["val_files"]]
+        records = evaluate_images(model, val_images, [0.005, 0.05], "mse")
+        assert sum(r["loss"] for r in records) == pytest.approx(losses[best_step], rel=1e-4)
+    assert best_step == 0 < final["step"]  # the diverging run: its best is not its last state
+    assert any(not torch.equal(best["state_dict"][k], v) for k, v in final["state_dict"].items())
+
+
 def test_freeze_transforms_trains_only_the_probability_model(data_dir: Path, straight_run: Path, tmp_path: Path):
     out = tmp_path / "checkerboard.pt"
     extra = ["--init", str(straight_run), "--freeze-transforms", "--steps", "4"]

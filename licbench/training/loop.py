@@ -15,6 +15,12 @@ global torch RNG, whose state is saved; validation runs under a forked RNG. So o
 same thread count, N steps straight give bitwise the same parameters as k steps, a resume, and N-k
 more, with any number of DataLoader workers. On CUDA, kernels are not bitwise deterministic, so a
 resumed run is statistically, not bitwise, the same.
+
+Best validation: besides ``out`` (the latest state, to resume), every validation whose held-out
+RD loss (the sum over the rate points of the mean loss, :func:`held_out_loss`) is the lowest of
+the run so far is saved as a complete checkpoint in :func:`best_checkpoint_path`. Later steps can
+be worse on held-out images (session-4 and -6 logs: an MSP context during the lr decay), and the
+best snapshot is what to export.
 """
 
 from __future__ import annotations
@@ -274,9 +280,27 @@ def _names_digest(files: list[Path], root: Path) -> str:
     return hashlib.sha256(names.encode()).hexdigest()
 
 
-def _describe_validation(step: int, records: list[dict[str, float]]) -> str:
-    points = "  ".join(f"r{r['rate_index']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in records)
-    return f"step {step} validation: {points}"
+def best_checkpoint_path(out: str | Path) -> Path:
+    """Where a run writing ``out`` keeps its best validation: ``NAME.best.EXT`` beside ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.best{out.suffix}")
+
+
+def held_out_loss(entry: dict[str, Any]) -> float | None:
+    """The RD loss of a history entry on the held-out images, summed over the rate points
+    (None for an entry without validation images)."""
+    return sum(record["loss"] for record in entry["val"]) if entry["val"] else None
+
+
+def _best_entry(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The earliest history entry with the lowest held-out RD loss."""
+    validated = [entry for entry in history if entry["val"]]
+    return min(validated, key=held_out_loss) if validated else None
+
+
+def _describe_validation(entry: dict[str, Any], best: bool) -> str:
+    points = "  ".join(f"r{r['rate_index']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in entry["val"])
+    return f"step {entry['step']} validation: {points}  RD loss {held_out_loss(entry):.3f}{' (best so far)' if best else ''}"
 
 
 def train(
@@ -382,7 +406,7 @@ def train(
     prior_elapsed = training["elapsed_s"]
     session_start = time.perf_counter()
 
-    def save() -> None:
+    def save(path: str | Path = settings.out) -> None:
         session["end_step"] = step
         session["elapsed_s"] = round(time.perf_counter() - session_start, 3)
         training["elapsed_s"] = round(prior_elapsed + session["elapsed_s"], 3)
@@ -408,7 +432,7 @@ def train(
                 # entry averages the same steps as an uninterrupted run's.
                 "window": window,
             },
-            settings.out,
+            path,
         )
 
     def validate() -> dict[str, Any]:
@@ -425,9 +449,16 @@ def train(
         history.append(entry)
         return entry
 
-    def report_validation(entry: dict[str, Any]) -> None:
-        if entry["val"]:
-            tqdm.write(_describe_validation(entry["step"], entry["val"]))
+    def validate_and_keep_best() -> None:
+        """Validate; a new best held-out RD loss also goes to the best-validation checkpoint."""
+        entry = validate()
+        window.clear()
+        if not entry["val"]:
+            return
+        best = _best_entry(history) is entry
+        tqdm.write(_describe_validation(entry, best))
+        if best:
+            save(best_checkpoint_path(settings.out))
 
     print(
         f"training {settings.model} ({sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -452,7 +483,7 @@ def train(
         worker_init_fn=ignore_interrupts_in_worker,
     )
     if step == 0 and not history:  # the starting point of the validation curve
-        report_validation(validate())
+        validate_and_keep_best()
     running: deque[dict[str, float]] = deque(maxlen=50)
     with tqdm(total=settings.steps, initial=step, unit="step", disable=not settings.progress, dynamic_ncols=True) as bar, _graceful_interrupt() as stop:
         for batch in loader:
@@ -474,12 +505,16 @@ def train(
             summary = _mean_stats(list(running))
             bar.set_postfix(loss=f"{summary['loss']:.3f}", bpp=f"{summary['bpp']:.3f}", psnr=f"{summary['psnr']:.2f}")
             if step % settings.val_every == 0 or step == settings.steps:
-                report_validation(validate())
-                window.clear()
+                validate_and_keep_best()
             if step % settings.save_every == 0 or step == end_step or stop.requested:
                 save()
             if stop.requested:
                 break
+    best = _best_entry(history)
+    if best is not None:
+        kept = best_checkpoint_path(settings.out)
+        where = str(kept) if kept.exists() else "not kept: it predates best-validation checkpoints"
+        print(f"best held-out validation: step {best['step']}, RD loss {held_out_loss(best):.3f} ({where})")
     if step < settings.steps:
         print(f"stopped at step {step} of {settings.steps}; checkpoint saved to {settings.out}: run again with --resume to continue")
     return {"out": settings.out, "step": step, "elapsed_s": training["elapsed_s"], "history": history, "interrupted": stop.requested}
