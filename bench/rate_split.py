@@ -6,9 +6,13 @@ finer scale from its context network; the hyperprior codes all of y from the sid
 table says which part of each model pays for what at each rate, and the PSNR it buys.
 Likelihood estimates in eval mode (y_hat = mu + round(y - mu), the values the decoder
 reconstructs), not written bitstreams: those are within about 1-2 % (tests/test_models.py).
+``--as-trained`` gives the same table for the values training optimises instead (train mode:
+likelihoods of y + uniform noise, one draw, seeded): the gap between the two tables per scale is
+the part of the rate that training does not see.
 
     python bench/rate_split.py                                   # msp-base-small, hyperprior-small
     python bench/rate_split.py --models msp-extra-small,checkerboard-small --images 24
+    python bench/rate_split.py --as-trained                      # the rates training sees
 """
 
 from __future__ import annotations
@@ -64,16 +68,19 @@ def main() -> None:
     parser.add_argument("--models", default="msp-base-small,hyperprior-small", help="zoo names or checkpoint files")
     parser.add_argument("--images", type=int, default=4, help="first N Kodak images (default 4)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--as-trained", action="store_true", help="train-mode likelihoods (noisy values), not eval mode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     files = sorted(KODAK.glob("*.png"))[: args.images]
     if not files:
         raise SystemExit(f"no Kodak images in {KODAK} (set LICBENCH_DATA)")
     images = [image_tensor(path)[None] for path in files]  # decoded once, used by every model and rate
-    print(f"{len(images)} Kodak images; mean bits per pixel by component (estimates) and PSNR-RGB")
+    mode = "train mode: y + uniform noise" if args.as_trained else "eval mode: rounded values"
+    print(f"{len(images)} Kodak images; mean bits per pixel by component (estimates, {mode}) and PSNR-RGB")
     for name in args.models.split(","):
         path, digest = resolve_checkpoint(name)
-        model = load_model(path)
+        model = load_model(path).train(args.as_trained)
+        torch.manual_seed(0)
         print(f"\n{name} (sha256 {digest[:12]})")
         for rate_index in range(model.n_rates):
             totals: dict[str, float] = {}

@@ -85,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--freeze-transforms", action="store_const", const=True,
         help="keep the --init transforms and gains fixed: train the probability model only",
     )
+    loss.add_argument(
+        "--init-whole", action="store_const", const=True,
+        help="--init copies the probability model too (same model and profile): fine-tune a trained "
+        "model with other settings, e.g. --model-option 'quantizer=\"ste\"'",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="checkpoint to write (training) or model file to write (--export)")
     run.add_argument("--steps", type=int, help="total optimisation steps (default 1000)")

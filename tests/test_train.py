@@ -193,6 +193,20 @@ def test_freeze_transforms_trains_only_the_probability_model(data_dir: Path, str
     assert trained["history"][0]["val"][0]["bpp"] != trained["history"][-1]["val"][0]["bpp"]
 
 
+def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path, straight_run: Path, tmp_path: Path):
+    out = tmp_path / "finetune.pt"
+    extra = ["--init", str(straight_run), "--init-whole", "--lr", "1e-4", "--steps", "4"]
+    assert cli_main(train_args(data_dir, out, *extra)) == 0
+    source, tuned = load(straight_run), load(out)
+    assert tuned["training"]["settings"]["init_whole"] is True
+    # Step 0 is the copied model: the same held-out validation as the source's last one.
+    for copied, trained in zip(tuned["history"][0]["val"], source["history"][-1]["val"], strict=True):
+        assert copied == pytest.approx(trained, rel=1e-5)
+    # Transforms and probability model both trained from there.
+    changed = {k for k, v in source["state_dict"].items() if not torch.equal(tuned["state_dict"][k], v)}
+    assert any(k.startswith("g_s.") for k in changed) and any(k.startswith("latent_codec.hyper.") for k in changed)
+
+
 def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_path: Path):
     from licbench.training.checkpoint import export_checkpoint
 
@@ -234,6 +248,8 @@ def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_pa
         ("bad crop", "not a multiple of the model's stride 32"),
         ("corrupt checkpoint", "not a loadable checkpoint"),
         ("freeze without init", "--freeze-transforms needs --init"),
+        ("init whole without init", "--init-whole needs --init"),
+        ("init whole from another model", "not the same model"),
         ("zoo without export", "it needs --export CKPT"),
         ("zoo name with a path", "a zoo name is letters"),
     ],
@@ -251,6 +267,10 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
         "bad crop": train_args(data_dir, new_out, "--crop", "48"),
         "corrupt checkpoint": ["train", "--export", str(garbage), "--out", str(new_out)],
         "freeze without init": train_args(data_dir, new_out, "--freeze-transforms"),
+        "init whole without init": train_args(data_dir, new_out, "--init-whole"),
+        "init whole from another model": train_args(
+            data_dir, new_out, "--init", str(straight_run), "--init-whole", model="checkerboard"
+        ),
         "zoo without export": train_args(data_dir, new_out, "--zoo", "tiny"),
         "zoo name with a path": ["train", "--export", str(straight_run), "--zoo", "../tiny"],
     }[case]

@@ -77,7 +77,7 @@ LOSS_FORMULA = {
 
 @dataclasses.dataclass
 class TrainSettings:
-    """Everything a training run needs. The fields up to ``freeze_transforms`` (:data:`RUN_FIELDS`)
+    """Everything a training run needs. The fields up to ``init_whole`` (:data:`RUN_FIELDS`)
     define the run and must stay the same when it is resumed; the rest (:data:`SESSION_FIELDS`)
     may change between sessions."""
 
@@ -97,6 +97,7 @@ class TrainSettings:
     val_images: int = 4
     init: str | None = None
     freeze_transforms: bool = False
+    init_whole: bool = False
     # Free to change on resume:
     out: str = "checkpoint.pt"
     steps: int = 1000
@@ -132,7 +133,8 @@ def resolve_settings(
         conflicts = [
             f"{name}={given[name]!r} (checkpoint: {stored[name]!r})"
             for name in RUN_FIELDS
-            if name in given and given[name] != stored[name]
+            # .get: settings added since (init_whole) are absent from older checkpoints
+            if name in given and given[name] != stored.get(name, TrainSettings.__dataclass_fields__[name].default)
         ]
         if conflicts:
             raise ValueError(f"--resume {given.get('out')}: settings differ from the checkpoint's: {'; '.join(conflicts)}")
@@ -175,19 +177,26 @@ def transform_keys(model: torch.nn.Module) -> set[str]:
     return {key for key in model.state_dict() if key.startswith(prefixes) or key in gains}
 
 
-def load_transforms(model: torch.nn.Module, payload: dict[str, Any], source: str) -> None:
-    """Copy g_a, g_s and the gain units from a checkpoint payload into ``model``."""
-    wanted = {key: value for key, value in model.state_dict().items() if key in transform_keys(model)}
+def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, whole: bool = False) -> None:
+    """Copy g_a, g_s and the gain units (``whole``: every tensor, the probability model's too)
+    from a checkpoint payload into ``model``."""
+    what = "model" if whole else "transform"
+    wanted = {key: value for key, value in model.state_dict().items() if whole or key in transform_keys(model)}
     available = payload["state_dict"]
     missing = sorted(k for k in wanted if k not in available)
+    if whole:
+        missing += sorted(k for k in available if k not in wanted)
     if missing:
-        raise ValueError(f"--init {source}: the checkpoint has no {missing[0]} ({len(missing)} transform tensors missing)")
+        raise ValueError(
+            f"--init {source}: {missing[0]} is in only one of the checkpoint and this model "
+            f"({len(missing)} {what} tensors differ): not the same {what}"
+        )
     mismatched = [k for k in wanted if available[k].shape != wanted[k].shape]
     if mismatched:
         key = mismatched[0]
         raise ValueError(
             f"--init {source}: {key} has shape {tuple(available[key].shape)}, this model needs "
-            f"{tuple(wanted[key].shape)}: the transforms differ"
+            f"{tuple(wanted[key].shape)}: the {what}s differ"
         )
     model.load_state_dict({k: available[k] for k in wanted}, strict=False)
 
@@ -361,9 +370,10 @@ def train(
                     f"--freeze-transforms: {settings.init} was trained for {init_settings['metric']} lambdas "
                     f"{init_settings['lambdas']}; frozen gain units only fit those"
                 )
-        load_transforms(model, init_payload, settings.init)
-    elif settings.freeze_transforms and not settings.init:
-        raise ValueError("--freeze-transforms needs --init CKPT to take the transforms from")
+        load_init(model, init_payload, settings.init, settings.init_whole)
+    elif (settings.freeze_transforms or settings.init_whole) and not settings.init:
+        option = "--freeze-transforms" if settings.freeze_transforms else "--init-whole"
+        raise ValueError(f"{option} needs --init CKPT to take the weights from")
     if settings.freeze_transforms:
         frozen = transform_keys(model)
         for name, parameter in model.named_parameters():
