@@ -181,7 +181,9 @@ def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, whol
     """Copy g_a, g_s and the gain units (``whole``: every tensor, the probability model's too)
     from a checkpoint payload into ``model``."""
     what = "model" if whole else "transform"
-    wanted = {key: value for key, value in model.state_dict().items() if whole or key in transform_keys(model)}
+    state = model.state_dict()
+    keys = state.keys() if whole else transform_keys(model)
+    wanted = {key: state[key] for key in keys}
     available = payload["state_dict"]
     missing = sorted(k for k in wanted if k not in available)
     if whole:
