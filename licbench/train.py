@@ -90,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--init copies the probability model too (same model and profile): fine-tune a trained "
         "model with other settings, e.g. --model-option 'quantizer=\"ste\"'",
     )
+    loss.add_argument(
+        "--init-probability", type=Path, metavar="CKPT",
+        help="take the probability model from CKPT (same model and profile) and the transforms from "
+        "--init: carry a trained probability model onto new transforms",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="checkpoint to write (training) or model file to write (--export)")
     run.add_argument("--steps", type=int, help="total optimisation steps (default 1000)")

@@ -207,6 +207,36 @@ def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path
     assert any(k.startswith("g_s.") for k in changed) and any(k.startswith("latent_codec.hyper.") for k in changed)
 
 
+def test_init_probability_carries_a_trained_probability_model_onto_other_transforms(
+    data_dir: Path, straight_run: Path, tmp_path: Path
+):
+    from licbench.training.data import image_tensor
+    from licbench.training.evaluate import evaluate_images
+    from licbench.training.loop import held_out_loss, transform_keys
+
+    moved = tmp_path / "moved.pt"  # the same model whose transforms trained on: new transforms
+    assert cli_main(train_args(data_dir, moved, "--init", str(straight_run), "--init-whole", "--lr", "1e-2", "--steps", "2")) == 0
+    carried = tmp_path / "carried.pt"
+    extra = ["--init", str(moved), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "2"]
+    assert cli_main(train_args(data_dir, carried, *extra)) == 0
+    source, target, result = load(straight_run), load(moved), load(carried)
+    assert result["training"]["settings"]["init_probability"] == str(straight_run.resolve())
+    transforms = transform_keys(build_from_payload(source))
+    assert any(not torch.equal(target["state_dict"][k], source["state_dict"][k]) for k in transforms)
+    for key in transforms:  # frozen: still --init's
+        assert torch.equal(result["state_dict"][key], target["state_dict"][key]), key
+    # Step 0 validated exactly the assembly of --init's transforms and straight_run's probability model.
+    assembled = dict(target["state_dict"])
+    assembled.update({k: v for k, v in source["state_dict"].items() if k not in transforms})
+    model = build_from_payload({**target, "state_dict": assembled})
+    val_images = [image_tensor(Path(f)) for f in result["training"]["data"]["val_files"]]
+    expected = sum(r["loss"] for r in evaluate_images(model, val_images, [0.005, 0.05], "mse"))
+    assert held_out_loss(result["history"][0]) == pytest.approx(expected, rel=1e-4)
+    assert held_out_loss(result["history"][0]) != pytest.approx(held_out_loss(target["history"][-1]), rel=1e-4)
+    # ...and the probability model trained from there.
+    assert any(not torch.equal(result["state_dict"][k], v) for k, v in source["state_dict"].items() if k not in transforms)
+
+
 def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_path: Path):
     from licbench.training.checkpoint import export_checkpoint
 
@@ -250,6 +280,9 @@ def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_pa
         ("freeze without init", "--freeze-transforms needs --init"),
         ("init whole without init", "--init-whole needs --init"),
         ("init whole from another model", "not the same model"),
+        ("probability from another model", "not the same probability model"),
+        ("init whole and probability", "choose one"),
+        ("probability without init", "--init-probability needs --init"),
         ("zoo without export", "it needs --export CKPT"),
         ("zoo name with a path", "a zoo name is letters"),
     ],
@@ -271,6 +304,13 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
         "init whole from another model": train_args(
             data_dir, new_out, "--init", str(straight_run), "--init-whole", model="checkerboard"
         ),
+        "probability from another model": train_args(
+            data_dir, new_out, "--init", str(straight_run), "--init-probability", str(straight_run), model="checkerboard"
+        ),
+        "init whole and probability": train_args(
+            data_dir, new_out, "--init", str(straight_run), "--init-whole", "--init-probability", str(straight_run)
+        ),
+        "probability without init": train_args(data_dir, new_out, "--init-probability", str(straight_run)),
         "zoo without export": train_args(data_dir, new_out, "--zoo", "tiny"),
         "zoo name with a path": ["train", "--export", str(straight_run), "--zoo", "../tiny"],
     }[case]

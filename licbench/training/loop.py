@@ -77,7 +77,7 @@ LOSS_FORMULA = {
 
 @dataclasses.dataclass
 class TrainSettings:
-    """Everything a training run needs. The fields up to ``init_whole`` (:data:`RUN_FIELDS`)
+    """Everything a training run needs. The fields up to ``init_probability`` (:data:`RUN_FIELDS`)
     define the run and must stay the same when it is resumed; the rest (:data:`SESSION_FIELDS`)
     may change between sessions."""
 
@@ -98,6 +98,7 @@ class TrainSettings:
     init: str | None = None
     freeze_transforms: bool = False
     init_whole: bool = False
+    init_probability: str | None = None
     # Free to change on resume:
     out: str = "checkpoint.pt"
     steps: int = 1000
@@ -126,14 +127,14 @@ def resolve_settings(
     128 on CPU; the rest from :class:`TrainSettings`.
     """
     given = {k: v for k, v in explicit.items() if v is not None}
-    for name in ("data", "init"):  # compared and stored as absolute paths
+    for name in ("data", "init", "init_probability"):  # compared and stored as absolute paths
         if name in given:
             given[name] = str(Path(given[name]).resolve())
     if stored is not None:
         conflicts = [
             f"{name}={given[name]!r} (checkpoint: {stored[name]!r})"
             for name in RUN_FIELDS
-            # .get: settings added since (init_whole) are absent from older checkpoints
+            # .get: settings added since (init_whole, init_probability) are absent from older checkpoints
             if name in given and given[name] != stored.get(name, TrainSettings.__dataclass_fields__[name].default)
         ]
         if conflicts:
@@ -177,27 +178,38 @@ def transform_keys(model: torch.nn.Module) -> set[str]:
     return {key for key in model.state_dict() if key.startswith(prefixes) or key in gains}
 
 
-def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, whole: bool = False) -> None:
-    """Copy g_a, g_s and the gain units (``whole``: every tensor, the probability model's too)
-    from a checkpoint payload into ``model``."""
-    what = "model" if whole else "transform"
+# The options that take weights from --init, by TrainSettings field.
+OPTIONS_NEEDING_INIT = {
+    "--freeze-transforms": "freeze_transforms",
+    "--init-whole": "init_whole",
+    "--init-probability": "init_probability",
+}
+INIT_PARTS = {"transforms": "transform", "probability": "probability model", "whole": "model"}
+
+
+def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, part: str = "transforms") -> None:
+    """Copy one part of a checkpoint payload into ``model``: "transforms" (g_a, g_s and the gain
+    units), "probability" (every other tensor: the probability model) or "whole". ``source`` names
+    the option and file in errors."""
+    what = INIT_PARTS[part]
     state = model.state_dict()
-    keys = state.keys() if whole else transform_keys(model)
+    transforms = transform_keys(model)
+    keys = {"transforms": transforms, "probability": state.keys() - transforms, "whole": set(state)}[part]
     wanted = {key: state[key] for key in keys}
     available = payload["state_dict"]
     missing = sorted(k for k in wanted if k not in available)
-    if whole:
-        missing += sorted(k for k in available if k not in wanted)
+    if part != "transforms":  # the checkpoint's probability model must be this one, not a larger one
+        missing += sorted(available.keys() - transforms - wanted.keys())
     if missing:
         raise ValueError(
-            f"--init {source}: {missing[0]} is in only one of the checkpoint and this model "
+            f"{source}: {missing[0]} is in only one of the checkpoint and this model "
             f"({len(missing)} {what} tensors differ): not the same {what}"
         )
     mismatched = [k for k in wanted if available[k].shape != wanted[k].shape]
     if mismatched:
         key = mismatched[0]
         raise ValueError(
-            f"--init {source}: {key} has shape {tuple(available[key].shape)}, this model needs "
+            f"{source}: {key} has shape {tuple(available[key].shape)}, this model needs "
             f"{tuple(wanted[key].shape)}: the {what}s differ"
         )
     model.load_state_dict({k: available[k] for k in wanted}, strict=False)
@@ -362,6 +374,8 @@ def train(
         if settings.metric == "ms-ssim" and min(image.shape[-2:]) < MS_SSIM_MIN_SIDE:
             raise ValueError(f"{path}: validation image smaller than {MS_SSIM_MIN_SIDE} pixels, too small for MS-SSIM")
 
+    if settings.init_whole and settings.init_probability:
+        raise ValueError("--init-whole and --init-probability both say where the probability model comes from: choose one")
     if settings.init and resume_payload is None:
         if init_payload is None:
             init_payload = load_checkpoint(settings.init)
@@ -372,10 +386,14 @@ def train(
                     f"--freeze-transforms: {settings.init} was trained for {init_settings['metric']} lambdas "
                     f"{init_settings['lambdas']}; frozen gain units only fit those"
                 )
-        load_init(model, init_payload, settings.init, settings.init_whole)
-    elif (settings.freeze_transforms or settings.init_whole) and not settings.init:
-        option = "--freeze-transforms" if settings.freeze_transforms else "--init-whole"
-        raise ValueError(f"{option} needs --init CKPT to take the weights from")
+        load_init(model, init_payload, f"--init {settings.init}", "whole" if settings.init_whole else "transforms")
+        if settings.init_probability:
+            source = f"--init-probability {settings.init_probability}"
+            load_init(model, load_checkpoint(settings.init_probability), source, "probability")
+    elif not settings.init:
+        needing = [o for o, on in OPTIONS_NEEDING_INIT.items() if getattr(settings, on)]
+        if needing:
+            raise ValueError(f"{needing[0]} needs --init CKPT to take the weights from")
     if settings.freeze_transforms:
         frozen = transform_keys(model)
         for name, parameter in model.named_parameters():
