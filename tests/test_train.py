@@ -237,6 +237,31 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
     assert any(not torch.equal(result["state_dict"][k], v) for k, v in source["state_dict"].items() if k not in transforms)
 
 
+def test_exported_model_files_serve_as_init_and_init_probability(data_dir: Path, straight_run: Path, tmp_path: Path):
+    """Shipped zoo files (coding tables filled in, float16 weights) are sources for a new run: the
+    probability model and transforms come over as shipped, the coding tables are left to export."""
+    from licbench.training.checkpoint import export_checkpoint
+    from licbench.training.data import image_tensor
+    from licbench.training.evaluate import evaluate_images
+    from licbench.training.loop import held_out_loss, transform_keys
+
+    exported = tmp_path / "shipped.pt"
+    export_checkpoint(straight_run, exported, check_images=0)
+    out = tmp_path / "from-shipped.pt"
+    extra = ["--init", str(exported), "--init-probability", str(exported), "--freeze-transforms", "--steps", "2"]
+    assert cli_main(train_args(data_dir, out, *extra)) == 0
+    shipped, result = load(exported)["state_dict"], load(out)
+    assert any(k.endswith("_quantized_cdf") and v.numel() > 0 for k, v in shipped.items())
+    transforms = transform_keys(build_from_payload(result))
+    for key in transforms:  # frozen at the shipped (float16) values
+        assert torch.equal(result["state_dict"][key], shipped[key].float()), key
+    # Step 0 validated the shipped model itself: its coding tables are not used in training.
+    model = load_model(exported)
+    val_images = [image_tensor(Path(f)) for f in result["training"]["data"]["val_files"]]
+    expected = sum(r["loss"] for r in evaluate_images(model, val_images, [0.005, 0.05], "mse"))
+    assert held_out_loss(result["history"][0]) == pytest.approx(expected, rel=1e-4)
+
+
 def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_path: Path):
     from licbench.training.checkpoint import export_checkpoint
 

@@ -185,6 +185,14 @@ OPTIONS_NEEDING_INIT = {
     "--init-probability": "init_probability",
 }
 INIT_PARTS = {"transforms": "transform", "probability": "probability model", "whole": "model"}
+# CompressAI's entropy-coding tables: derived from the densities by ``update()``, sized by it, and
+# unused in training; an exported model file has them, a fresh model has empty ones. --init and
+# --init-probability skip them (export rebuilds them), so exported files work as sources too.
+CODING_TABLES = ("_offset", "_quantized_cdf", "_cdf_length", "scale_table")
+
+
+def _is_coding_table(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in CODING_TABLES
 
 
 def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, part: str = "transforms") -> None:
@@ -195,8 +203,8 @@ def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, part
     state = model.state_dict()
     transforms = transform_keys(model)
     keys = {"transforms": transforms, "probability": state.keys() - transforms, "whole": set(state)}[part]
-    wanted = {key: state[key] for key in keys}
-    available = payload["state_dict"]
+    wanted = {key: state[key] for key in keys if not _is_coding_table(key)}
+    available = {key: value for key, value in payload["state_dict"].items() if not _is_coding_table(key)}
     missing = sorted(k for k in wanted if k not in available)
     if part != "transforms":  # the checkpoint's probability model must be this one, not a larger one
         missing += sorted(available.keys() - transforms - wanted.keys())
@@ -212,7 +220,9 @@ def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, part
             f"{source}: {key} has shape {tuple(available[key].shape)}, this model needs "
             f"{tuple(wanted[key].shape)}: the {what}s differ"
         )
-    model.load_state_dict({k: available[k] for k in wanted}, strict=False)
+    # CompressAI's load_state_dict wants every coding table of the modules it loads: keep the model's own
+    own_tables = {key: state[key] for key in keys if _is_coding_table(key)}
+    model.load_state_dict({**{k: available[k] for k in wanted}, **own_tables}, strict=False)
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
