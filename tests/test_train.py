@@ -379,6 +379,10 @@ def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run:
     assert entry["training"]["sessions"][0]["device"] == "cpu"
     assert entry["training"]["held_out_validation"] == load(straight_run)["history"][-1]["val"]
     assert entry["training"]["held_out_validation_step"] == load(straight_run)["history"][-1]["step"]
+    # Where the weights came from is part of the record (none here: trained from scratch).
+    settings = entry["training"]["settings"]
+    assert settings["init"] is None and settings["init_probability"] is None and settings["init_whole"] is False
+    assert settings["model_options"] == load(straight_run)["training"]["settings"]["model_options"] != {}
     # A second entry keeps the first; a file outside the zoo folder is refused.
     record_in_zoo("tiny-again", exported, load(out), "", index=index)
     assert set(json.loads(index.read_text())["checkpoints"]) == {"tiny", "tiny-again"}

@@ -77,7 +77,8 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
         "settings": {
             key: training["settings"][key]
             for key in ("model", "profile", "transforms", "metric", "lambdas", "crop", "batch_size",
-                        "lr", "steps", "seed", "init", "freeze_transforms")
+                        "lr", "steps", "seed", "init", "freeze_transforms", "init_whole", "init_probability",
+                        "model_options")
             if key in training["settings"]
         },
         "sessions": [
