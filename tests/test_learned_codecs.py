@@ -327,3 +327,20 @@ def test_shipped_checkpoint_is_pinned_and_codes_a_kodak_crop(name: str, tmp_path
         sizes.append(len(encoded.bitstream))
         psnrs.append(10 * math.log10(255**2 / error))
     assert sizes[1] > sizes[0] and psnrs[1] > psnrs[0] + 1.0, (sizes, psnrs)
+
+
+def test_shipped_models_share_one_set_of_transforms():
+    """The comparison of probability models is fair only if every shipped model has the same g_a,
+    g_s and gain units (TRAINING.md): a zoo file retrained on other transforms breaks this."""
+    from licbench.training.checkpoint import load_checkpoint
+    from licbench.training.loop import transform_keys
+
+    entries = [zoo.default_checkpoint(model, profile) for model, profile, _ in MODELS.values()]
+    assert all(entries), "every learned codec has a shipped checkpoint"
+    payloads = {entry.name: load_checkpoint(entry.path) for entry in entries}
+    first = payloads[entries[0].name]
+    keys = transform_keys(build_model(**first["model"]))
+    assert any(k.startswith("g_a.") for k in keys) and any(k.startswith("g_s.") for k in keys)
+    for name, payload in payloads.items():
+        differing = [k for k in keys if not torch.equal(payload["state_dict"][k], first["state_dict"][k])]
+        assert not differing, f"{name}: {len(differing)} transform tensors differ from {entries[0].name}'s, e.g. {differing[0]}"
