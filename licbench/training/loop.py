@@ -186,8 +186,8 @@ OPTIONS_NEEDING_INIT = {
 }
 INIT_PARTS = {"transforms": "transform", "probability": "probability model", "whole": "model"}
 # CompressAI's entropy-coding tables: derived from the densities by ``update()``, sized by it, and
-# unused in training; an exported model file has them, a fresh model has empty ones. --init and
-# --init-probability skip them (export rebuilds them), so exported files work as sources too.
+# unused in training; an exported model file has them, a fresh model has empty ones. load_init skips
+# them (export rebuilds them), so exported files serve --init, --init-probability and --init-whole too.
 CODING_TABLES = ("_offset", "_quantized_cdf", "_cdf_length", "scale_table")
 
 
