@@ -69,6 +69,15 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def revalidated_loss(model: torch.nn.Module, run: dict) -> float:
+    """The held-out RD loss of ``model`` on ``run``'s validation images, computed as training does."""
+    from licbench.training.data import image_tensor
+    from licbench.training.evaluate import evaluate_images
+
+    val_images = [image_tensor(Path(f)) for f in run["training"]["data"]["val_files"]]
+    return sum(r["loss"] for r in evaluate_images(model, val_images, [0.005, 0.05], "mse"))
+
+
 def test_importing_the_cli_module_does_not_import_torch():
     code = "import sys, licbench.train; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
@@ -157,8 +166,6 @@ def test_resume_after_stop_is_bitwise_equal_to_a_straight_run(data_dir: Path, st
 
 
 def test_best_validation_is_kept_as_a_complete_checkpoint(data_dir: Path, straight_run: Path, tmp_path: Path):
-    from licbench.training.data import image_tensor
-    from licbench.training.evaluate import evaluate_images
     from licbench.training.loop import best_checkpoint_path, held_out_loss
 
     # A learning rate far too high: the held-out loss rises after step 0 (deterministic on CPU).
@@ -171,10 +178,7 @@ def test_best_validation_is_kept_as_a_complete_checkpoint(data_dir: Path, straig
         assert best["format"] == CHECKPOINT_FORMAT and best["step"] == best_step
         assert best["history"] == final["history"][: len(best["history"])]
         # It holds that step's weights: validating them again gives the recorded loss.
-        model = build_from_payload(best)
-        val_images = [image_tensor(Path(f)) for f in final["training"]["data"]["val_files"]]
-        records = evaluate_images(model, val_images, [0.005, 0.05], "mse")
-        assert sum(r["loss"] for r in records) == pytest.approx(losses[best_step], rel=1e-4)
+        assert revalidated_loss(build_from_payload(best), final) == pytest.approx(losses[best_step], rel=1e-4)
     assert best_step == 0 < final["step"]  # the diverging run: its best is not its last state
     assert any(not torch.equal(best["state_dict"][k], v) for k, v in final["state_dict"].items())
 
@@ -210,8 +214,6 @@ def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path
 def test_init_probability_carries_a_trained_probability_model_onto_other_transforms(
     data_dir: Path, straight_run: Path, tmp_path: Path
 ):
-    from licbench.training.data import image_tensor
-    from licbench.training.evaluate import evaluate_images
     from licbench.training.loop import held_out_loss, transform_keys
 
     moved = tmp_path / "moved.pt"  # the same model whose transforms trained on: new transforms
@@ -229,9 +231,7 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
     assembled = dict(target["state_dict"])
     assembled.update({k: v for k, v in source["state_dict"].items() if k not in transforms})
     model = build_from_payload({**target, "state_dict": assembled})
-    val_images = [image_tensor(Path(f)) for f in result["training"]["data"]["val_files"]]
-    expected = sum(r["loss"] for r in evaluate_images(model, val_images, [0.005, 0.05], "mse"))
-    assert held_out_loss(result["history"][0]) == pytest.approx(expected, rel=1e-4)
+    assert held_out_loss(result["history"][0]) == pytest.approx(revalidated_loss(model, result), rel=1e-4)
     assert held_out_loss(result["history"][0]) != pytest.approx(held_out_loss(target["history"][-1]), rel=1e-4)
     # ...and the probability model trained from there.
     assert any(not torch.equal(result["state_dict"][k], v) for k, v in source["state_dict"].items() if k not in transforms)
@@ -241,8 +241,6 @@ def test_exported_model_files_serve_as_init_and_init_probability(data_dir: Path,
     """Shipped zoo files (coding tables filled in, float16 weights) are sources for a new run: the
     probability model and transforms come over as shipped, the coding tables are left to export."""
     from licbench.training.checkpoint import export_checkpoint
-    from licbench.training.data import image_tensor
-    from licbench.training.evaluate import evaluate_images
     from licbench.training.loop import held_out_loss, transform_keys
 
     exported = tmp_path / "shipped.pt"
@@ -256,10 +254,7 @@ def test_exported_model_files_serve_as_init_and_init_probability(data_dir: Path,
     for key in transforms:  # frozen at the shipped (float16) values
         assert torch.equal(result["state_dict"][key], shipped[key].float()), key
     # Step 0 validated the shipped model itself: its coding tables are not used in training.
-    model = load_model(exported)
-    val_images = [image_tensor(Path(f)) for f in result["training"]["data"]["val_files"]]
-    expected = sum(r["loss"] for r in evaluate_images(model, val_images, [0.005, 0.05], "mse"))
-    assert held_out_loss(result["history"][0]) == pytest.approx(expected, rel=1e-4)
+    assert held_out_loss(result["history"][0]) == pytest.approx(revalidated_loss(load_model(exported), result), rel=1e-4)
 
 
 def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_path: Path):
