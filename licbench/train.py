@@ -86,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the --init transforms and gains fixed: train the probability model only",
     )
     loss.add_argument(
+        "--train-synthesis-only", action="store_const", const=True,
+        help="train g_s and the decoder gains only: g_a, the encoder gains and the probability model "
+        "stay as --init gives them, so every bitstream stays bit-identical and only the reconstruction "
+        "changes (needs --init-whole or --init-probability)",
+    )
+    loss.add_argument(
         "--init-whole", action="store_const", const=True,
         help="--init copies the probability model too (same model and profile): fine-tune a trained "
         "model with other settings, e.g. --model-option 'quantizer=\"ste\"'",

@@ -219,6 +219,34 @@ def test_msp_trains_end_to_end(quantizer: str) -> None:
     assert model.gains.grad[[0, 3]].abs().sum() > 0 and model.gains.grad[[1, 2, 4, 5]].abs().sum() == 0
 
 
+def test_msp_rounded_rate_trains_on_the_likelihoods_the_coder_pays() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 80)
+    likelihoods = {}
+    for rate in ("noisy", "rounded"):
+        torch.manual_seed(1)
+        model = build_model("msp", "base", quantizer="ste", rate=rate, **REDUCED, hidden_channels=8, res_blocks=1)
+        with torch.no_grad():
+            model.gains.mul_(40.0)  # random g_a gives near-zero latents; spread them over several bins
+        coded = model.eval()(x, 5)["likelihoods"]["y"]
+        out = model.train()(x, 5)
+        likelihoods[rate] = out["likelihoods"]["y"]
+        # Outside the coarsest scale (the entropy bottleneck's noisy proxy in both settings), training
+        # with the rounded rate charges exactly what the coder's likelihoods say.
+        finer = torch.ones_like(coded, dtype=torch.bool)
+        step = 2 ** model.latent_codec.profile.scales
+        finer[..., step - 1 :: step, step - 1 :: step] = False
+        if rate == "rounded":
+            assert torch.allclose(likelihoods[rate][finer], coded[finer], rtol=1e-5, atol=1e-9)
+            (-likelihoods[rate].log2().sum()).backward()
+            trunk = model.latent_codec.context.trunk[0].weight
+            assert trunk.grad is not None and trunk.grad.abs().sum() > 0
+        else:
+            assert not torch.allclose(likelihoods[rate][finer], coded[finer], rtol=1e-3)
+    with pytest.raises(ValueError, match="rate must be"):
+        build_model("msp", rate="exact")
+
+
 def test_gain_units_select_the_rate() -> None:
     model = calibrated("hyperprior")
     x = image_of("64x64", model.stride)

@@ -197,6 +197,36 @@ def test_freeze_transforms_trains_only_the_probability_model(data_dir: Path, str
     assert trained["history"][0]["val"][0]["bpp"] != trained["history"][-1]["val"][0]["bpp"]
 
 
+def test_train_synthesis_only_changes_reconstructions_but_not_one_bit_of_the_bitstream(
+    data_dir: Path, straight_run: Path, tmp_path: Path
+):
+    out = tmp_path / "synthesis.pt"
+    extra = ["--init", str(straight_run), "--init-whole", "--train-synthesis-only", "--lr", "1e-3", "--steps", "4"]
+    assert cli_main(train_args(data_dir, out, *extra)) == 0
+    source, tuned = load(straight_run), load(out)
+    assert tuned["training"]["settings"]["train_synthesis_only"] is True
+    changed = {k for k, v in source["state_dict"].items() if not torch.equal(tuned["state_dict"][k], v)}
+    assert changed and all(k.startswith("g_s.") or k == "inverse_gains" for k in changed), changed
+    assert any(k.startswith("g_s.") for k in changed)
+    # Every encoder-side tensor is the source's, so the same image codes to the same bytes...
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    coded = []
+    for payload in (source, tuned):
+        model = build_from_payload(payload).eval()
+        model.update(force=True)
+        with torch.no_grad():
+            coded.append(model.compress(image, 1))
+    assert coded[0]["strings"] == coded[1]["strings"]
+    # ...which the tuned decoder reconstructs differently.
+    decoded = []
+    for payload, stream in zip((source, tuned), coded):
+        model = build_from_payload(payload).eval()
+        model.update(force=True)
+        with torch.no_grad():
+            decoded.append(model.decompress(stream["strings"], stream["shape"], 1)["x_hat"])
+    assert not torch.equal(decoded[0], decoded[1])
+
+
 def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path, straight_run: Path, tmp_path: Path):
     out = tmp_path / "finetune.pt"
     extra = ["--init", str(straight_run), "--init-whole", "--lr", "1e-4", "--steps", "4"]
@@ -302,6 +332,9 @@ def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_pa
         ("init whole from another model", "not the same model"),
         ("probability from another model", "not the same probability model"),
         ("init whole and probability", "choose one"),
+        ("synthesis only without init", "--train-synthesis-only needs --init"),
+        ("synthesis only without a probability model", "take a trained one with --init-whole"),
+        ("synthesis only and frozen transforms", "freeze different parts"),
         ("probability without init", "--init-probability needs --init"),
         ("zoo without export", "it needs --export CKPT"),
         ("zoo name with a path", "a zoo name is letters"),
@@ -329,6 +362,13 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
         ),
         "init whole and probability": train_args(
             data_dir, new_out, "--init", str(straight_run), "--init-whole", "--init-probability", str(straight_run)
+        ),
+        "synthesis only without init": train_args(data_dir, new_out, "--train-synthesis-only"),
+        "synthesis only without a probability model": train_args(
+            data_dir, new_out, "--init", str(straight_run), "--train-synthesis-only"
+        ),
+        "synthesis only and frozen transforms": train_args(
+            data_dir, new_out, "--init", str(straight_run), "--init-whole", "--train-synthesis-only", "--freeze-transforms"
         ),
         "probability without init": train_args(data_dir, new_out, "--init-probability", str(straight_run)),
         "zoo without export": train_args(data_dir, new_out, "--zoo", "tiny"),

@@ -45,8 +45,9 @@ def _latent_codec(
         if profile not in PROFILES:
             raise ValueError(f"unknown MSP profile {profile!r}; choose from {sorted(PROFILES)}")
         quantizer = knobs.pop("quantizer", "noise")
+        rate = knobs.pop("rate", "noisy")
         return MSPLatentCodec(
-            latent_channels, dataclasses.replace(PROFILES[profile], **knobs), quantizer=quantizer
+            latent_channels, dataclasses.replace(PROFILES[profile], **knobs), quantizer=quantizer, rate=rate
         )
     if model == "hyperprior":
         from licbench.models.hyperprior import HyperpriorCodec
@@ -73,7 +74,8 @@ def build_model(
     model: one of :data:`MODEL_NAMES`. profile: MSP profile ("base" when omitted; only for msp).
     transforms: a key of :data:`TRANSFORM_CONFIGS`. overrides: transform sizes (channels,
     latent_channels, stages), MSP profile knobs (scales, block, seed_channels, hidden_channels,
-    res_blocks) and ``quantizer`` ("noise" or "ste", msp and hyperprior only).
+    res_blocks), ``quantizer`` ("noise" or "ste", msp and hyperprior only) and ``rate`` ("noisy" or
+    "rounded", the training rate term, msp only).
     """
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}; choose from {MODEL_NAMES}")
@@ -83,7 +85,7 @@ def build_model(
         profile = profile or "base"
     elif profile is not None:
         raise ValueError(f"profile is only for msp, not for {model!r}")
-    allowed = _TRANSFORM_KEYS + (_MSP_KEYS if model == "msp" else ()) + (
+    allowed = _TRANSFORM_KEYS + (_MSP_KEYS + ("rate",) if model == "msp" else ()) + (
         ("quantizer",) if model in _QUANTIZER_MODELS else ()
     )
     unknown = sorted(set(overrides) - set(allowed))

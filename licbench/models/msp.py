@@ -158,17 +158,26 @@ class MSPLatentCodec(LatentCodec):
     """The MSP probability model on a latent of ``latent_channels`` channels (see the module doc).
 
     ``quantizer`` (training only): "noise" feeds y + uniform noise forward, "ste" feeds
-    mu + round(y - mu) with a straight-through gradient; likelihoods use the noisy values either
-    way. In eval mode both give mu + round(y - mu), the values the decoder reconstructs.
+    mu + round(y - mu) with a straight-through gradient. In eval mode both give mu + round(y - mu),
+    the values the decoder reconstructs.
+
+    ``rate`` (training only): "noisy" takes the likelihoods of y + uniform noise (Balle et al.'s
+    proxy); "rounded" those of mu + round(y - mu), the rate the coder pays, with a straight-through
+    gradient for the means (TRAINING.md, "Noisy latents": the noisy proxy charges up to 7x the real
+    rate at MSP's finest scale, for elements that round onto their mean).
     """
 
     latent_stride = 1  # odd latent sizes are handled by the scale pyramid itself
     estimate_matches_coder = True  # one loop for estimation and coding (module doc)
 
-    def __init__(self, latent_channels: int, profile: MSPProfile, quantizer: str = "noise") -> None:
+    def __init__(
+        self, latent_channels: int, profile: MSPProfile, quantizer: str = "noise", rate: str = "noisy"
+    ) -> None:
         super().__init__()
         if quantizer not in ("noise", "ste"):
             raise ValueError(f"quantizer must be 'noise' or 'ste', got {quantizer!r}")
+        if rate not in ("noisy", "rounded"):
+            raise ValueError(f"rate must be 'noisy' or 'rounded', got {rate!r}")
         if profile.seed_channels >= latent_channels:
             raise ValueError(
                 f"seed_channels ({profile.seed_channels}) must be below "
@@ -177,6 +186,7 @@ class MSPLatentCodec(LatentCodec):
         self.profile = profile
         self.latent_channels = latent_channels
         self.quantizer = quantizer
+        self.rate = rate
         self.entropy_bottleneck = EntropyBottleneck(latent_channels)
         self.gaussian_conditional = IndexedGaussianConditional()
         self.context = ContextNetwork(latent_channels, profile.hidden_channels, profile.res_blocks)
@@ -323,9 +333,14 @@ class _Estimator(_GroupCoder):
         self, scale: int, group: Selection, scales: Tensor, means: Tensor
     ) -> tuple[Tensor, Tensor]:
         values = self.pyramid[scale][group]
-        y_hat, likelihoods = self.codec.gaussian_conditional(values, scales, means)
-        if self._straight_through():
-            y_hat = quantize_ste(values - means) + means
+        gaussian = self.codec.gaussian_conditional
+        y_hat, likelihoods = gaussian(values, scales, means)
+        if self.codec.training and (self.codec.quantizer == "ste" or self.codec.rate == "rounded"):
+            rounded = quantize_ste(values - means) + means
+            if self.codec.quantizer == "ste":
+                y_hat = rounded
+            if self.codec.rate == "rounded":
+                likelihoods = gaussian.likelihood_lower_bound(gaussian._likelihood(rounded, scales, means))
         return y_hat, likelihoods
 
 

@@ -78,7 +78,7 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
             key: training["settings"][key]
             for key in ("model", "profile", "transforms", "metric", "lambdas", "crop", "batch_size",
                         "lr", "steps", "seed", "init", "freeze_transforms", "init_whole", "init_probability",
-                        "model_options")
+                        "train_synthesis_only", "model_options")
             if key in training["settings"]
         },
         "sessions": [

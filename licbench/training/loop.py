@@ -99,6 +99,7 @@ class TrainSettings:
     freeze_transforms: bool = False
     init_whole: bool = False
     init_probability: str | None = None
+    train_synthesis_only: bool = False
     # Free to change on resume:
     out: str = "checkpoint.pt"
     steps: int = 1000
@@ -183,6 +184,7 @@ OPTIONS_NEEDING_INIT = {
     "--freeze-transforms": "freeze_transforms",
     "--init-whole": "init_whole",
     "--init-probability": "init_probability",
+    "--train-synthesis-only": "train_synthesis_only",
 }
 INIT_PARTS = {"transforms": "transform", "probability": "probability model", "whole": "model"}
 # CompressAI's entropy-coding tables: derived from the densities by ``update()``, sized by it, and
@@ -193,6 +195,11 @@ CODING_TABLES = ("_offset", "_quantized_cdf", "_cdf_length", "scale_table")
 
 def _is_coding_table(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in CODING_TABLES
+
+
+# What --train-synthesis-only trains: the decoder side after the entropy decoder. Everything that
+# decides the bitstream (g_a, the encoder gains, the probability model and its quantiles) stays fixed.
+SYNTHESIS_PREFIXES = ("g_s.", "inverse_gains")
 
 
 def load_init(model: torch.nn.Module, payload: dict[str, Any], source: str, part: str = "transforms") -> None:
@@ -386,14 +393,20 @@ def train(
 
     if settings.init_whole and settings.init_probability:
         raise ValueError("--init-whole and --init-probability both say where the probability model comes from: choose one")
+    if settings.train_synthesis_only and settings.freeze_transforms:
+        raise ValueError("--train-synthesis-only and --freeze-transforms freeze different parts: choose one")
+    if settings.train_synthesis_only and settings.init and not (settings.init_whole or settings.init_probability):
+        raise ValueError(
+            "--train-synthesis-only keeps the probability model fixed: take a trained one with --init-whole or --init-probability"
+        )
     if settings.init and resume_payload is None:
         if init_payload is None:
             init_payload = load_checkpoint(settings.init)
-        if settings.freeze_transforms:
+        if settings.freeze_transforms or settings.train_synthesis_only:
             init_settings = init_payload["training"]["settings"]
             if (init_settings["lambdas"], init_settings["metric"]) != (settings.lambdas, settings.metric):
                 raise ValueError(
-                    f"--freeze-transforms: {settings.init} was trained for {init_settings['metric']} lambdas "
+                    f"{'--freeze-transforms' if settings.freeze_transforms else '--train-synthesis-only'}: {settings.init} was trained for {init_settings['metric']} lambdas "
                     f"{init_settings['lambdas']}; frozen gain units only fit those"
                 )
         load_init(model, init_payload, f"--init {settings.init}", "whole" if settings.init_whole else "transforms")
@@ -409,6 +422,9 @@ def train(
         for name, parameter in model.named_parameters():
             if name in frozen:
                 parameter.requires_grad_(False)
+    if settings.train_synthesis_only:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(SYNTHESIS_PREFIXES))
     model.to(device).train()
 
     main_parameters, quantiles = split_parameters(model)
