@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="checkpoint to write (training) or model file to write (--export)")
-    run.add_argument("--steps", type=int, help="total optimisation steps (default 1000)")
+    run.add_argument("--steps", type=int, help="total optimisation steps (default 1000); 0 with --init: validate and save the model "
+                     "assembled from the --init parts, untrained (then --export it)")
     run.add_argument(
         "--stop-at", type=int, metavar="STEP",
         help="end this session after STEP (checkpoint saved; the schedule still spans --steps); --resume later",
@@ -158,10 +159,10 @@ def main(args: argparse.Namespace) -> int:
         args.out = shipped
     if args.out is None:
         raise ValueError("licbench train needs --out (the checkpoint, or with --export the model file)")
-    for name in ("steps", "stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
+    for name in ("stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("workers", "export_check"):
+    for name in ("steps", "workers", "export_check"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
     if args.export is not None:

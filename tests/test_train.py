@@ -19,7 +19,7 @@ from PIL import Image
 from licbench.cli import main as cli_main
 from licbench.training.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, build_from_payload, load_model
 from licbench.training.data import RandomCrops, StepBatches, find_images, split_holdout
-from licbench.training.loop import split_parameters, train_step
+from licbench.training.loop import held_out_loss, split_parameters, train_step, transform_keys
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = REPO.parent / "shared" / "data" / "train" / "cq100"
@@ -244,8 +244,6 @@ def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path
 def test_init_probability_carries_a_trained_probability_model_onto_other_transforms(
     data_dir: Path, straight_run: Path, tmp_path: Path
 ):
-    from licbench.training.loop import held_out_loss, transform_keys
-
     moved = tmp_path / "moved.pt"  # the same model whose transforms trained on: new transforms
     assert cli_main(train_args(data_dir, moved, "--init", str(straight_run), "--init-whole", "--lr", "1e-2", "--steps", "2")) == 0
     carried = tmp_path / "carried.pt"
@@ -265,6 +263,21 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
     assert held_out_loss(result["history"][0]) != pytest.approx(held_out_loss(target["history"][-1]), rel=1e-4)
     # ...and the probability model trained from there.
     assert any(not torch.equal(result["state_dict"][k], v) for k, v in source["state_dict"].items() if k not in transforms)
+
+
+def test_zero_steps_assembles_validates_and_saves_the_init_parts(data_dir: Path, straight_run: Path, tmp_path: Path):
+    moved = tmp_path / "moved.pt"
+    assert cli_main(train_args(data_dir, moved, "--init", str(straight_run), "--init-whole", "--lr", "1e-2", "--steps", "2")) == 0
+    assembled = tmp_path / "assembled.pt"
+    extra = ["--init", str(moved), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "0"]
+    assert cli_main(train_args(data_dir, assembled, *extra)) == 0
+    source, target, result = load(straight_run), load(moved), load(assembled)
+    assert result["step"] == 0 and len(result["history"]) == 1
+    transforms = transform_keys(build_from_payload(source))
+    for key, value in result["state_dict"].items():
+        expected = target if key in transforms else source
+        assert torch.equal(value, expected["state_dict"][key]), key
+    assert held_out_loss(result["history"][0]) == pytest.approx(revalidated_loss(build_from_payload(result), result), rel=1e-4)
 
 
 def test_exported_model_files_serve_as_init_and_init_probability(data_dir: Path, straight_run: Path, tmp_path: Path):

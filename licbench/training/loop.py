@@ -522,6 +522,13 @@ def train(
         f"({len(val_files)} held out{f', {len(too_small)} smaller than the crop skipped' if too_small else ''}); "
         f"device {session['device']}, {session['threads']} threads; steps {step} -> {settings.steps}"
     )
+    if step == 0 and settings.steps == 0 and resume_payload is None:
+        # Assembling a model from --init parts (e.g. new transforms with a trained probability model)
+        # without training it: validate and save it as a checkpoint that --export takes.
+        validate_and_keep_best()
+        save()
+        print(f"--steps 0: the assembled model is validated and saved to {settings.out}")
+        return {"out": settings.out, "step": step, "elapsed_s": training["elapsed_s"], "history": history}
     if step >= settings.steps:
         print(f"{settings.out} is already at step {step} (>= --steps {settings.steps}): nothing to do")
         return {"out": settings.out, "step": step, "elapsed_s": training["elapsed_s"], "history": history}
