@@ -23,7 +23,7 @@ from PIL import Image
 
 import licbench.models.zoo as zoo
 from conftest import kodak_image, licbench_cli
-from licbench.codecs.base import Codec, CodecError, codec_class
+from licbench.codecs.base import Codec, CodecError, CodecTimeout, codec_class
 from licbench.codecs.learned import pack_header, unpack_header
 from licbench.models import build_model
 from licbench.store import ResultStore
@@ -140,6 +140,18 @@ def test_round_trip_at_odd_size_is_bit_exact(name: str, size: tuple[int, int], c
         lengths.append(len(encoded.bitstream))
     # the higher rate point (larger gains, finer quantisation) writes more bytes
     assert lengths[1] > lengths[0]
+
+
+@pytest.mark.parametrize("name", ["msp", "msp-extra", "autoregressive"])
+def test_timeout_stops_the_sequential_models_between_passes(name: str, checkpoints, tmp_path: Path):
+    """--timeout reaches the in-process models: their loops check it between network passes."""
+    codec = make(name, checkpoints[name])
+    image = crop(64, 64)
+    with pytest.raises(CodecTimeout, match=": stopped after the time limit of 0 s"):
+        codec.encode(image, 1, tmp_path, timeout=0)
+    bitstream = encode(codec, image, 1, tmp_path).bitstream  # the limit ended with the call
+    with pytest.raises(CodecTimeout, match="time limit of 0 s"):
+        codec.decode(bitstream, tmp_path, timeout=0)
 
 
 def test_bits_per_pixel_follow_the_bytes_and_rate_index_is_checked(checkpoints, tmp_path: Path):

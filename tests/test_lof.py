@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import kodak_image
-from licbench.codecs.base import CodecError, codec_class, make_codec
+from licbench.codecs.base import CodecError, CodecTimeout, codec_class, make_codec
 from licbench.models.lof import LatentOverfitting, overfit_latent
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,6 +79,16 @@ def test_no_iterations_write_the_plain_bitstream(tmp_path: Path):
     zero = make_codec("msp-lof:lof_iterations=0").encode(image, RATE, tmp_path, timeout=120)
     assert zero.bitstream == plain.bitstream
     assert "lof_iterations" not in zero.info
+
+
+def test_timeout_stops_latent_overfitting_between_iterations(tmp_path: Path):
+    import time
+
+    codec = codec_class("hyperprior")(lof_iterations=100_000)  # hours of work without the limit
+    start = time.monotonic()
+    with pytest.raises(CodecTimeout, match="hyperprior: stopped after the time limit of 1 s"):
+        codec.encode(crop(64, 64), RATE, tmp_path, timeout=1)
+    assert time.monotonic() - start < 30
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from licbench.codecs._shared import check_rgb
-from licbench.codecs.base import Availability, Codec, CodecError, CodecUnavailable, Encoded, register
+from licbench.codecs.base import Availability, Codec, CodecError, CodecTimeout, CodecUnavailable, Encoded, register
 
 MAGIC = b"LICB"
 HEADER_VERSION = 2
@@ -178,6 +180,10 @@ class LearnedImageCodec(Codec):
         }
 
     def encode(self, image: np.ndarray, rate: float, workdir: Path, timeout: float) -> Encoded:
+        with _time_limit(self.tag, timeout):
+            return self._encode(image, rate)
+
+    def _encode(self, image: np.ndarray, rate: float) -> Encoded:
         import torch
 
         from licbench.training.evaluate import pad_to_multiple
@@ -211,6 +217,10 @@ class LearnedImageCodec(Codec):
             raise CodecError(f"{self.tag}: {exc}") from None
 
     def decode(self, bitstream: bytes, workdir: Path, timeout: float) -> np.ndarray:
+        with _time_limit(self.tag, timeout):
+            return self._decode(bitstream)
+
+    def _decode(self, bitstream: bytes) -> np.ndarray:
         from licbench.models import BitstreamError
 
         model, digest, path = self._loaded
@@ -226,6 +236,18 @@ class LearnedImageCodec(Codec):
         if x_hat.shape[-2] < height or x_hat.shape[-1] < width:
             raise CodecError(f"{self.tag}: decoded {tuple(x_hat.shape[-2:])} is smaller than the header's {height}x{width}")
         return _to_uint8(x_hat, height, width)
+
+
+@contextmanager
+def _time_limit(tag: str, seconds: float) -> Iterator[None]:
+    """``licbench run --timeout`` for in-process models: checked between network passes."""
+    from licbench.models.deadline import DeadlineExceeded, deadline
+
+    try:
+        with deadline(seconds):
+            yield
+    except DeadlineExceeded as exc:
+        raise CodecTimeout(f"{tag}: {exc}") from None
 
 
 def _to_uint8(x_hat: Any, height: int, width: int) -> np.ndarray:

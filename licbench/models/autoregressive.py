@@ -26,6 +26,7 @@ from compressai.latent_codecs import RasterScanLatentCodec
 from compressai.layers import MaskedConv2d
 from torch import Tensor
 
+from licbench.models.deadline import check_deadline
 from licbench.models.entropy import IndexedGaussianConditional, check_rans_stream, coder_tables
 from licbench.models.hyperprior import HyperpriorCodec, context_entropy_parameters
 
@@ -96,6 +97,7 @@ def raster_scan(
     _, _, height, width = side_params.shape
     y_hat = side_params.new_zeros(1, context.in_channels, height + 2 * pad, width + 2 * pad)
     for row in range(height):
+        check_deadline()
         for col in range(width):
             window = y_hat[:, :, row : row + kernel, col : col + kernel].reshape(1, -1)
             context_features = F.linear(window, masked_weight, context.bias)[:, :, None, None]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from licbench.models.deadline import check_deadline
 from licbench.training.evaluate import bits_per_item
 
 
@@ -105,6 +106,7 @@ def overfit_latent(
         optimizer = torch.optim.Adam([y], lr=settings.learning_rate)
         with torch.enable_grad():
             for iteration in range(1, settings.iterations + 1):
+                check_deadline()
                 optimizer.zero_grad(set_to_none=True)
                 proxy, _, _ = _cost(model, y, x, rate_index, lmbda, height, width, False)
                 proxy.backward()

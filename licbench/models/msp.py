@@ -53,6 +53,7 @@ from compressai.layers import conv3x3, subpel_conv3x3
 from compressai.ops import quantize_ste
 from torch import Tensor
 
+from licbench.models.deadline import check_deadline
 from licbench.models.entropy import IndexedGaussianConditional, check_rans_stream, coder_tables
 from licbench.models.transforms import ResidualBlock
 
@@ -228,6 +229,7 @@ class MSPLatentCodec(LatentCodec):
             known = mixed.new_zeros(1, self.latent_channels, scale_height, scale_width)
             known[:, :, 1::2, 1::2] = 1
             for group in self._groups(scale_height, scale_width):
+                check_deadline()
                 hidden, scales, means = self.context(mixed, known, hidden)
                 values, group_likelihoods = coder.group(scale, group, scales[group], means[group])
                 mixed = _written(mixed, group, values)
