@@ -65,6 +65,18 @@ def straight_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+@pytest.fixture(scope="module")
+def moved_run(data_dir: Path, straight_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """straight_run fine-tuned whole for 2 steps at a high learning rate: the same model on new transforms."""
+    out = tmp_path_factory.mktemp("moved") / "moved.pt"
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(train_args(data_dir, out, "--init", str(straight_run), "--init-whole", "--lr", "1e-2", "--steps", "2")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -166,7 +178,7 @@ def test_resume_after_stop_is_bitwise_equal_to_a_straight_run(data_dir: Path, st
 
 
 def test_best_validation_is_kept_as_a_complete_checkpoint(data_dir: Path, straight_run: Path, tmp_path: Path):
-    from licbench.training.loop import best_checkpoint_path, held_out_loss
+    from licbench.training.loop import best_checkpoint_path
 
     # A learning rate far too high: the held-out loss rises after step 0 (deterministic on CPU).
     out = tmp_path / "diverging.pt"
@@ -210,20 +222,14 @@ def test_train_synthesis_only_changes_reconstructions_but_not_one_bit_of_the_bit
     assert any(k.startswith("g_s.") for k in changed)
     # Every encoder-side tensor is the source's, so the same image codes to the same bytes...
     image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
-    coded = []
-    for payload in (source, tuned):
-        model = build_from_payload(payload).eval()
+    models = [build_from_payload(payload).eval() for payload in (source, tuned)]
+    for model in models:
         model.update(force=True)
-        with torch.no_grad():
-            coded.append(model.compress(image, 1))
-    assert coded[0]["strings"] == coded[1]["strings"]
-    # ...which the tuned decoder reconstructs differently.
-    decoded = []
-    for payload, stream in zip((source, tuned), coded):
-        model = build_from_payload(payload).eval()
-        model.update(force=True)
-        with torch.no_grad():
-            decoded.append(model.decompress(stream["strings"], stream["shape"], 1)["x_hat"])
+    with torch.no_grad():
+        coded = [model.compress(image, 1) for model in models]
+        assert coded[0]["strings"] == coded[1]["strings"]
+        # ...which the tuned decoder reconstructs differently.
+        decoded = [model.decompress(stream["strings"], stream["shape"], 1)["x_hat"] for model, stream in zip(models, coded)]
     assert not torch.equal(decoded[0], decoded[1])
 
 
@@ -242,10 +248,9 @@ def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path
 
 
 def test_init_probability_carries_a_trained_probability_model_onto_other_transforms(
-    data_dir: Path, straight_run: Path, tmp_path: Path
+    data_dir: Path, straight_run: Path, moved_run: Path, tmp_path: Path
 ):
-    moved = tmp_path / "moved.pt"  # the same model whose transforms trained on: new transforms
-    assert cli_main(train_args(data_dir, moved, "--init", str(straight_run), "--init-whole", "--lr", "1e-2", "--steps", "2")) == 0
+    moved = moved_run
     carried = tmp_path / "carried.pt"
     extra = ["--init", str(moved), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "2"]
     assert cli_main(train_args(data_dir, carried, *extra)) == 0
@@ -265,9 +270,10 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
     assert any(not torch.equal(result["state_dict"][k], v) for k, v in source["state_dict"].items() if k not in transforms)
 
 
-def test_zero_steps_assembles_validates_and_saves_the_init_parts(data_dir: Path, straight_run: Path, tmp_path: Path):
-    moved = tmp_path / "moved.pt"
-    assert cli_main(train_args(data_dir, moved, "--init", str(straight_run), "--init-whole", "--lr", "1e-2", "--steps", "2")) == 0
+def test_zero_steps_assembles_validates_and_saves_the_init_parts(
+    data_dir: Path, straight_run: Path, moved_run: Path, tmp_path: Path
+):
+    moved = moved_run
     assembled = tmp_path / "assembled.pt"
     extra = ["--init", str(moved), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "0"]
     assert cli_main(train_args(data_dir, assembled, *extra)) == 0
@@ -284,7 +290,6 @@ def test_exported_model_files_serve_as_init_and_init_probability(data_dir: Path,
     """Shipped zoo files (coding tables filled in, float16 weights) are sources for a new run: the
     probability model and transforms come over as shipped, the coding tables are left to export."""
     from licbench.training.checkpoint import export_checkpoint
-    from licbench.training.loop import held_out_loss, transform_keys
 
     exported = tmp_path / "shipped.pt"
     export_checkpoint(straight_run, exported, check_images=0)

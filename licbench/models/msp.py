@@ -337,9 +337,9 @@ class _Estimator(_GroupCoder):
         values = self.pyramid[scale][group]
         gaussian = self.codec.gaussian_conditional
         y_hat, likelihoods = gaussian(values, scales, means)
-        if self.codec.training and (self.codec.quantizer == "ste" or self.codec.rate == "rounded"):
+        if self._straight_through() or (self.codec.training and self.codec.rate == "rounded"):
             rounded = quantize_ste(values - means) + means
-            if self.codec.quantizer == "ste":
+            if self._straight_through():
                 y_hat = rounded
             if self.codec.rate == "rounded":
                 likelihoods = gaussian.likelihood_lower_bound(gaussian._likelihood(rounded, scales, means))
