@@ -247,14 +247,18 @@ def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path
     assert any(k.startswith("g_s.") for k in changed) and any(k.startswith("latent_codec.hyper.") for k in changed)
 
 
+def carry(data_dir: Path, straight_run: Path, moved_run: Path, out: Path, steps: int) -> tuple[dict, dict, dict]:
+    """straight_run's probability model onto moved_run's frozen transforms, ``steps`` steps: the
+    (source, target, result) payloads."""
+    extra = ["--init", str(moved_run), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", str(steps)]
+    assert cli_main(train_args(data_dir, out, *extra)) == 0
+    return load(straight_run), load(moved_run), load(out)
+
+
 def test_init_probability_carries_a_trained_probability_model_onto_other_transforms(
     data_dir: Path, straight_run: Path, moved_run: Path, tmp_path: Path
 ):
-    moved = moved_run
-    carried = tmp_path / "carried.pt"
-    extra = ["--init", str(moved), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "2"]
-    assert cli_main(train_args(data_dir, carried, *extra)) == 0
-    source, target, result = load(straight_run), load(moved), load(carried)
+    source, target, result = carry(data_dir, straight_run, moved_run, tmp_path / "carried.pt", 2)
     assert result["training"]["settings"]["init_probability"] == str(straight_run.resolve())
     transforms = transform_keys(build_from_payload(source))
     assert any(not torch.equal(target["state_dict"][k], source["state_dict"][k]) for k in transforms)
@@ -273,11 +277,7 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
 def test_zero_steps_assembles_validates_and_saves_the_init_parts(
     data_dir: Path, straight_run: Path, moved_run: Path, tmp_path: Path
 ):
-    moved = moved_run
-    assembled = tmp_path / "assembled.pt"
-    extra = ["--init", str(moved), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "0"]
-    assert cli_main(train_args(data_dir, assembled, *extra)) == 0
-    source, target, result = load(straight_run), load(moved), load(assembled)
+    source, target, result = carry(data_dir, straight_run, moved_run, tmp_path / "assembled.pt", 0)
     assert result["step"] == 0 and len(result["history"]) == 1
     transforms = transform_keys(build_from_payload(source))
     for key, value in result["state_dict"].items():
