@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lambdas 2.40,4.58,8.73,16.64,31.73,60.50, needs --crop >= 161",
     )
     loss.add_argument("--lr", type=float, help="Adam learning rate, x0.1 from 80 %% and x0.01 from 95 %% of --steps (default 1e-4)")
+    loss.add_argument(
+        "--warmup-steps", type=int, metavar="W",
+        help="ramp the learning rate linearly over the first W steps (default 0: none); for fine-tunes "
+        "from a trained model, whose fresh Adam state would otherwise jolt every weight",
+    )
     loss.add_argument("--aux-lr", type=float, help="Adam learning rate of the entropy bottleneck quantiles (default 1e-3)")
     loss.add_argument("--clip", type=float, help="gradient norm clipping (default 1.0)")
     loss.add_argument("--seed", type=int, help="seed of initialisation, data order, crops and validation split (default 0)")

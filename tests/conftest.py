@@ -24,6 +24,17 @@ def kodak_image(index: int = 1) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def damaged_copies(bitstream: bytes) -> list[bytes]:
+    """Every truncation of a bitstream, one byte appended, and every single-bit flip (one per
+    byte, a different bit each): what a decoder must reject with a one-line error."""
+    damaged = [bitstream[:length] for length in range(len(bitstream))] + [bitstream + b"\x00"]
+    for position in range(len(bitstream)):
+        flipped = bytearray(bitstream)
+        flipped[position] ^= 1 << (position % 8)
+        damaged.append(bytes(flipped))
+    return damaged
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Three small crops of Kodak images (big enough for MS-SSIM), as a folder dataset."""

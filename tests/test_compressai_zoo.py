@@ -24,7 +24,7 @@ from compressai.models import FactorizedPriorReLU
 from compressai.zoo import image_models
 from compressai.zoo.image import cfgs, model_urls
 
-from conftest import kodak_image
+from conftest import damaged_copies, kodak_image
 from licbench.codecs.base import Codec, CodecError, CodecUnavailable, codec_class, codec_names
 from licbench.codecs.compressai_zoo import ARCHITECTURE_QUALITIES, MIRROR_ENV, PAD_MULTIPLE, unpack_bitstream
 from licbench.training.evaluate import pad_to_multiple
@@ -134,12 +134,7 @@ def test_factorized_relu_builds_its_own_class():
 def test_every_corruption_and_truncation_is_a_one_line_codec_error(image: np.ndarray, tmp_path: Path):
     codec = make(pretrained=False)
     bitstream = codec.encode(image, 1, tmp_path, 60).bitstream
-    damaged = [bitstream[:length] for length in range(len(bitstream))] + [bitstream + b"\x00"]
-    for position in range(len(bitstream)):
-        flipped = bytearray(bitstream)
-        flipped[position] ^= 1 << (position % 8)
-        damaged.append(bytes(flipped))
-    for data in damaged:
+    for data in damaged_copies(bitstream):
         with pytest.raises(CodecError) as error:
             codec.decode(data, tmp_path, 60)
         assert str(error.value) and "\n" not in str(error.value)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import licbench.models.zoo as zoo
-from conftest import kodak_image, licbench_cli
+from conftest import damaged_copies, kodak_image, licbench_cli
 from licbench.codecs.base import Codec, CodecError, CodecTimeout, codec_class
 from licbench.codecs.learned import pack_header, unpack_header
 from licbench.models import build_model
@@ -193,13 +193,7 @@ def test_header_rejects_bad_fields():
 def test_every_corruption_and_truncation_is_a_one_line_codec_error(name: str, checkpoints, tmp_path: Path):
     codec = make(name, checkpoints[name])
     bitstream = encode(codec, crop(37, 53), 1, tmp_path).bitstream
-    damaged = [bitstream[:length] for length in range(len(bitstream))]
-    damaged.append(bitstream + b"\x00")
-    for position in range(len(bitstream)):
-        flipped = bytearray(bitstream)
-        flipped[position] ^= 1 << (position % 8)
-        damaged.append(bytes(flipped))
-    for data in damaged:
+    for data in damaged_copies(bitstream):
         with pytest.raises(CodecError) as error:
             decode(codec, data, tmp_path)
         assert "\n" not in str(error.value) and str(error.value)

@@ -5,6 +5,7 @@ Tiny models (16 channels) on 192x160 crops of three training images keep this fa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -19,7 +20,7 @@ from PIL import Image
 from licbench.cli import main as cli_main
 from licbench.training.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, build_from_payload, load_model
 from licbench.training.data import RandomCrops, StepBatches, find_images, split_holdout
-from licbench.training.loop import held_out_loss, split_parameters, train_step, transform_keys
+from licbench.training.loop import TrainSettings, held_out_loss, learning_rate, split_parameters, train_step, transform_keys
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = REPO.parent / "shared" / "data" / "train" / "cq100"
@@ -233,6 +234,28 @@ def test_train_synthesis_only_changes_reconstructions_but_not_one_bit_of_the_bit
     assert not torch.equal(decoded[0], decoded[1])
 
 
+def test_learning_rate_warms_up_linearly_then_decays_in_steps():
+    settings = TrainSettings(model="msp", data="d", lambdas=[0.01], crop=64, lr=1e-3, steps=100, warmup_steps=10)
+    rates = [learning_rate(step, settings) for step in range(100)]
+    assert rates[:10] == pytest.approx([1e-4 * (step + 1) for step in range(10)])
+    assert rates[10:80] == pytest.approx([1e-3] * 70)
+    assert rates[80:95] == pytest.approx([1e-4] * 15) and rates[95:] == pytest.approx([1e-5] * 5)
+    no_warmup = dataclasses.replace(settings, warmup_steps=0)
+    assert learning_rate(0, no_warmup) == 1e-3 and learning_rate(80, no_warmup) == pytest.approx(1e-4)
+
+
+def test_warmup_is_recorded_and_applied_by_a_fine_tune(data_dir: Path, straight_run: Path, tmp_path: Path):
+    out = tmp_path / "warm.pt"
+    extra = ["--init", str(straight_run), "--init-whole", "--lr", "1e-3", "--warmup-steps", "4", "--steps", "20", "--stop-at", "2"]
+    assert cli_main(train_args(data_dir, out, *extra)) == 0
+    tuned = load(out)
+    assert tuned["training"]["settings"]["warmup_steps"] == 4 and tuned["scheduler"]["warmup_steps"] == 4
+    assert "warm-up over the first 4 steps" in tuned["training"]["schedule"]
+    # The optimizer's last step (step 1, long before the decay at step 16) ran at the ramp's
+    # second value, lr * 2/4.
+    assert tuned["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+
+
 def test_init_whole_continues_the_trained_model_with_new_settings(data_dir: Path, straight_run: Path, tmp_path: Path):
     out = tmp_path / "finetune.pt"
     extra = ["--init", str(straight_run), "--init-whole", "--lr", "1e-4", "--steps", "4"]
@@ -356,6 +379,7 @@ def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_pa
         ("probability without init", "--init-probability needs --init"),
         ("zoo without export", "it needs --export CKPT"),
         ("zoo name with a path", "a zoo name is letters"),
+        ("negative warm-up", "--warmup-steps must be >= 0"),
     ],
 )
 def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run, tmp_path, capsys):
@@ -391,6 +415,7 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
         "probability without init": train_args(data_dir, new_out, "--init-probability", str(straight_run)),
         "zoo without export": train_args(data_dir, new_out, "--zoo", "tiny"),
         "zoo name with a path": ["train", "--export", str(straight_run), "--zoo", "../tiny"],
+        "negative warm-up": train_args(data_dir, new_out, "--warmup-steps", "-1"),
     }[case]
     assert cli_main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]

@@ -7,7 +7,11 @@ lambda. Every batch item gets a uniformly drawn rate index r_i and the loss of
 Optimisers (CompressAI convention): Adam on every trainable parameter except the entropy
 bottlenecks' ``.quantiles``, whose separate Adam minimises ``model.aux_loss()``. Gradients of the
 main loss are clipped to norm ``clip``. Learning rate: ``lr`` until 80 % of ``steps``, then x0.1,
-then x0.01 from 95 % (a step decay, a pure function of the step).
+then x0.01 from 95 % (a step decay, a pure function of the step); with ``warmup_steps`` W > 0, the
+first W steps ramp it linearly from lr/W to lr. A fine-tune from a shipped model file starts with
+an empty Adam state, whose first updates move every weight by about lr whatever its gradient's
+size: the ramp keeps that from undoing a trained model (session 11's joint run lost 15 % in its
+first 1000 steps without one).
 
 Exact resume: the data of step t is a pure function of (seed, t) (see
 :mod:`licbench.training.data`); the only other randomness, the quantisation noise, comes from the
@@ -93,6 +97,7 @@ class TrainSettings:
     lr: float = 1e-4
     aux_lr: float = 1e-3
     clip: float = 1.0
+    warmup_steps: int = 0
     seed: int = 0
     val_images: int = 4
     init: str | None = None
@@ -166,9 +171,10 @@ def select_device(name: str) -> torch.device:
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
-    """The step decay of the module doc."""
+    """The warm-up and step decay of the module doc."""
     passed = sum(step >= int(fraction * settings.steps) for fraction in LR_MILESTONES)
-    return settings.lr * LR_DECAY**passed
+    warmup = min(1.0, (step + 1) / settings.warmup_steps) if settings.warmup_steps > 0 else 1.0
+    return settings.lr * warmup * LR_DECAY**passed
 
 
 def transform_keys(model: torch.nn.Module) -> set[str]:
@@ -361,6 +367,8 @@ def train(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = select_device(settings.device)
+    if settings.warmup_steps < 0:
+        raise ValueError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
     if settings.metric == "ms-ssim" and settings.crop < MS_SSIM_MIN_SIDE:
         raise ValueError(f"--metric ms-ssim needs --crop >= {MS_SSIM_MIN_SIDE}, got {settings.crop}")
 
@@ -436,7 +444,8 @@ def train(
         "settings": dataclasses.asdict(settings),
         "data": data_record,
         "loss": LOSS_FORMULA[settings.metric],
-        "schedule": f"lr x{LR_DECAY} at {', '.join(f'{m:.0%}' for m in LR_MILESTONES)} of steps",
+        "schedule": f"lr x{LR_DECAY} at {', '.join(f'{m:.0%}' for m in LR_MILESTONES)} of steps"
+        + (f", linear warm-up over the first {settings.warmup_steps} steps" if settings.warmup_steps > 0 else ""),
         "elapsed_s": 0.0,
         "sessions": [],
     }
@@ -478,6 +487,7 @@ def train(
                     "kind": "step-decay",
                     "milestones": [int(m * settings.steps) for m in LR_MILESTONES],
                     "gamma": LR_DECAY,
+                    "warmup_steps": settings.warmup_steps,
                     "lr": learning_rate(step, settings),
                 },
                 "step": step,
