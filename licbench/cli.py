@@ -7,8 +7,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from licbench.store import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def _db_path(args: argparse.Namespace) -> Path:
@@ -29,7 +33,16 @@ def _parse_rates(values: list[str]) -> dict[str, tuple[float, ...]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from licbench.bench.runner import execute, pending_jobs, plan_codec, summary_table
+    if args.scheduler is None:
+        return _run(args, None)
+    from licbench.bench.runner import connect_cluster
+
+    with connect_cluster(args.scheduler) as cluster:
+        return _run(args, cluster)
+
+
+def _run(args: argparse.Namespace, cluster: Client | None) -> int:
+    from licbench.bench.runner import cluster_description, execute, pending_jobs, plan_codec, summary_table
     from licbench.codecs.base import CodecError
     from licbench.datasets import resolve
     from licbench.provenance import provenance
@@ -51,6 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("licbench: no codec can run", file=sys.stderr)
         return 2
     run_name = args.run or dataset.name
+    n_jobs = args.jobs or (-1 if cluster is not None else 1)
+    timing: dict[str, object] = {"repeats": args.repeats, "warm_up": args.repeats > 1, "jobs": n_jobs}
+    if cluster is not None:
+        described = cluster_description(cluster)
+        timing.update(cluster=described, jobs=args.jobs or sum(w["threads"] for w in described["workers"].values()))
     with ResultStore(_db_path(args)) as store:
         store.save_run(
             run_name,
@@ -59,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 {
                     "dataset": {"name": dataset.name, "images": [p.name for p in dataset.files]},
                     "codecs": {p.spec: {"version": p.version, "settings": p.settings} for p in plans},
-                    "timing": {"repeats": args.repeats, "warm_up": args.repeats > 1, "jobs": args.jobs},
+                    "timing": timing,
                 }
             ),
         )
@@ -72,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         failed = execute(
-            store, run_name, dataset.name, jobs, plans, args.jobs, args.timeout, args.repeats, not args.no_progress
+            store, run_name, dataset.name, jobs, plans, n_jobs, args.timeout, args.repeats, not args.no_progress, cluster
         )
         elapsed = time.perf_counter() - start
         frame = store.results(run_name)
@@ -188,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="folder holding the dataset (before $LICBENCH_DATA)")
     run.add_argument("--images", type=int, help="use only the first N images")
     run.add_argument("--rates", action="append", default=[], metavar="CODEC=R1,R2,...", help="override rate points")
-    run.add_argument("--jobs", type=int, default=1, help="parallel jobs (default 1)")
+    run.add_argument("--jobs", type=int, help="parallel jobs (default 1; with --scheduler: every worker thread)")
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the jobs on a dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (pip install 'licbench[cluster]'); "
+        "its workers need licbench, the codecs and the dataset at the same path; results come back to --db",
+    )
     run.add_argument("--timeout", type=float, default=600.0, help="seconds per encode or decode (default 600)")
     run.add_argument("--repeats", type=int, default=1, help="timing: N>1 runs a warm-up, then N timed runs, and keeps the median (default 1)")
     run.add_argument("--run", help="run name (default: the dataset name)")

@@ -7,6 +7,7 @@ import base64
 import io
 import re
 import shutil
+import sqlite3
 import subprocess
 from html import unescape
 from html.parser import HTMLParser
@@ -209,6 +210,17 @@ def test_complexity_and_provenance(small):
     assert len(per_rate) == 12
     assert "&#34;subsampling&#34;: &#34;4:2:0&#34;" in small.html  # jpeg's exact settings, escaped
     assert "&#34;chroma&#34;: &#34;420&#34;" in small.html  # vvenc's colour pipeline
+
+
+def test_timings_from_several_hosts_are_flagged(small, tmp_path):
+    assert 'id="hosts-note"' not in small.html  # one machine ran every job
+    db = tmp_path / "two-hosts.sqlite"
+    shutil.copy(small.db, db)
+    with sqlite3.connect(db) as conn:  # as if the webp jobs had run on another machine
+        conn.execute("UPDATE results SET host = 'other-host' WHERE codec = 'webp'")
+    note = re.search(r'id="hosts-note">([^<]*)<', write_report(db, "small", None, tmp_path / "report").read_text())
+    assert note, "a run timed on two hosts must say so"
+    assert "2 hosts" in note.group(1) and "other-host: 8" in note.group(1)
 
 
 def test_report_with_another_anchor_and_bad_anchors(small, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -134,3 +135,87 @@ def test_unknown_codec_setting_is_a_clear_error(tmp_path, image_folder):
     result = licbench_cli("run", "--codecs", "toy-quant:speed=3", "--dataset", str(image_folder), db=tmp_path / "r.sqlite")
     assert result.returncode == 2
     assert "unknown setting(s) ['speed']" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A real dask.distributed cluster on this machine: a scheduler and one worker process."""
+    import distributed  # the [test] extra installs it
+
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        yield cluster, client
+
+
+def test_a_cluster_run_stores_every_job_here_and_resumes(tmp_path, image_folder, local_cluster):
+    cluster, client = local_cluster
+    db = tmp_path / "r.sqlite"
+    args = ("run", "--codecs", "jpeg,webp", "--rates", "jpeg=30,80", "--rates", "webp=30,80", "--dataset",
+            str(image_folder), "--scheduler", cluster.scheduler_address, "--run", "cl", "--no-progress")
+    first = licbench_cli(*args, db=db)
+    assert first.returncode == 0, first.stderr
+    table = rows(db)
+    assert len(table) == 3 * 2 * 2 and (table["status"] == "ok").all()
+    assert (table["decoder_matches_encoder"].isna() | (table["decoder_matches_encoder"] == 1)).all()
+    # the jobs ran in the worker process, which imported the runner to do so
+    ran = client.run(lambda: "licbench.bench.runner" in sys.modules)
+    assert list(ran.values()) == [True]
+    with sqlite3.connect(db) as conn:
+        timing = json.loads(conn.execute("SELECT provenance FROM runs").fetchone()[0])["timing"]
+    assert timing["cluster"]["scheduler"] == cluster.scheduler_address
+    assert timing["jobs"] == 2  # the worker's two threads
+    report = licbench_cli("report", "cl", "--output", str(tmp_path / "report"), db=db)
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert f"the workers of the dask cluster at <code>{cluster.scheduler_address}</code>" in html
+
+    again = licbench_cli(*args, db=db)
+    assert again.returncode == 0, again.stderr
+    assert "12 already done, 0 to run" in again.stderr
+    assert list(rows(db)["finished_at"]) == list(table["finished_at"])
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, image_folder):
+    from licbench.bench.runner import connect_cluster
+
+    start = time.monotonic()
+    with pytest.raises(OSError, match=r"cannot reach the dask scheduler at tcp://127\.0\.0\.1:9: ") as error:
+        connect_cluster("tcp://127.0.0.1:9", timeout=2)
+    assert time.monotonic() - start < 30
+    assert "\n" not in str(error.value)
+
+
+def test_a_worker_refuses_a_job_for_another_build_of_its_codec(image_folder):
+    from licbench.bench.runner import Job, plan_codec, run_job
+
+    image = sorted(image_folder.glob("*.png"))[0]
+    planned = plan_codec("jpeg")
+    assert run_job(Job(str(image), image.name, "jpeg", 50.0, planned.settings_hash), 60)["status"] == "ok"
+    other = run_job(Job(str(image), image.name, "jpeg", 50.0, "0" * 16), 60)
+    assert other["status"] == "error"
+    assert "jpeg on host" in other["error"] and "not the codec the run planned" in other["error"]
+    assert planned.version in other["error"] and "planned 0000000000000000" in other["error"]
+
+
+def test_the_codec_registry_is_complete_for_every_thread(tmp_path):
+    # A dask worker runs jobs in threads; each must find every codec, even while the first fills
+    # the registry. A fresh interpreter, so that no registry is filled yet.
+    script = """
+import threading
+from licbench.codecs.base import codec_class
+barrier, errors = threading.Barrier(8), []
+def look_up():
+    barrier.wait()
+    try:
+        codec_class("webp")
+    except KeyError as exc:
+        errors.append(exc)
+threads = [threading.Thread(target=look_up) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(errors))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"

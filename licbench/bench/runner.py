@@ -1,24 +1,29 @@
 """Run codecs over a dataset: one job per image x codec x rate point, in parallel, resumable.
 
 Workers encode, decode, time and measure; the parent process writes each finished job to the
-results store as it arrives, so an interruption loses only the jobs in flight.
+results store as it arrives, so an interruption loses only the jobs in flight. Workers are local
+processes (joblib) or the workers of a dask.distributed cluster (joblib's dask backend); either
+way a worker refuses a job when its codec is not the one the run planned (other version or
+settings), so one run never mixes codec builds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from tqdm.auto import tqdm
 
 from licbench.bench.metrics import image_metrics
@@ -27,6 +32,9 @@ from licbench.image import ImageError, load_image
 from licbench.provenance import machine
 from licbench.store import OK, ResultStore
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 
 @dataclass(frozen=True)
 class Job:
@@ -34,6 +42,7 @@ class Job:
     image: str
     codec: str  # codec spec, e.g. "vvenc" or "vvenc:preset=slow"
     rate: float
+    settings_hash: str  # the plan's: a worker whose codec differs refuses the job
 
 
 @dataclass(frozen=True)
@@ -49,15 +58,21 @@ class CodecPlan:
     settings_hash: str
 
 
+def codec_identity(codec: Codec) -> tuple[str, dict[str, Any], str]:
+    """(version, recorded settings, settings hash): what identifies a codec's rows in the store."""
+    version = codec.version()
+    settings = {**codec.describe(), "version": version}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return version, settings, digest[:16]
+
+
 def plan_codec(spec: str, rates: tuple[float, ...] | None = None) -> CodecPlan:
     """Instantiate the codec once to check it can run and to fix its identity (settings + version)."""
     codec = make_codec(spec)
     availability = codec.availability()
     if not availability.ok:
         raise CodecError(f"codec {spec!r} is unavailable: {availability.reason}")
-    version = codec.version()
-    settings = {**codec.describe(), "version": version}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    version, settings, settings_hash = codec_identity(codec)
     return CodecPlan(
         spec=spec,
         name=codec.name,
@@ -65,35 +80,62 @@ def plan_codec(spec: str, rates: tuple[float, ...] | None = None) -> CodecPlan:
         rate_parameter=codec.rate_parameter,
         version=version,
         settings=settings,
-        settings_hash=digest[:16],
+        settings_hash=settings_hash,
     )
 
 
-# Worker-side caches: a worker builds each codec (and loads each model) once, not once per job.
-_CODECS: dict[str, tuple[Codec, float]] = {}
-_IMAGES: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class _WorkerCodec:
+    codec: Codec
+    version: str
+    settings_hash: str
 
 
-def _codec_for(spec: str) -> tuple[Codec, float | None]:
-    """The worker's codec instance, and its construction time on first use (model loading)."""
-    if spec in _CODECS:
-        return _CODECS[spec][0], None
-    name, settings = parse_codec_spec(spec)
-    cls = codec_class(name)  # the registry's imports are not the codec's loading time
-    start = time.perf_counter()
-    codec = cls(**settings)
-    codec.load()
-    load_s = time.perf_counter() - start
-    _CODECS[spec] = (codec, load_s)
-    return codec, load_s
+class _WorkerCaches(threading.local):
+    """A worker builds each codec (and loads each model) once, not once per job. Per thread: a
+    dask worker runs jobs in threads, and a codec instance is not meant to be shared by two."""
+
+    def __init__(self) -> None:
+        self.codecs: dict[str, _WorkerCodec] = {}
+        self.images: dict[str, np.ndarray] = {}
+
+
+_CACHES = _WorkerCaches()
+
+
+def _codec_for(job: Job) -> tuple[Codec, float | None]:
+    """The worker's codec instance, and its construction time on first use (model loading).
+
+    Raises CodecError when this worker's codec is not the one the run planned: another host of a
+    cluster with another build, or a binary or checkpoint replaced since the run started.
+    """
+    cached = _CACHES.codecs.get(job.codec)
+    load_s = None
+    if cached is None:
+        name, settings = parse_codec_spec(job.codec)
+        cls = codec_class(name)  # the registry's imports are not the codec's loading time
+        start = time.perf_counter()
+        codec = cls(**settings)
+        codec.load()
+        load_s = time.perf_counter() - start
+        version, _, settings_hash = codec_identity(codec)
+        cached = _CACHES.codecs[job.codec] = _WorkerCodec(codec, version, settings_hash)
+    if cached.settings_hash != job.settings_hash:
+        raise CodecError(
+            f"{job.codec} on host {machine()['host']} is not the codec the run planned "
+            f"(version {cached.version!r}, settings hash {cached.settings_hash}, planned {job.settings_hash}): "
+            "install the same codec versions on every worker"
+        )
+    return cached.codec, load_s
 
 
 def _image_for(path: str) -> np.ndarray:
-    if path not in _IMAGES:
-        if len(_IMAGES) >= 8:
-            _IMAGES.pop(next(iter(_IMAGES)))
-        _IMAGES[path] = load_image(Path(path))
-    return _IMAGES[path]
+    images = _CACHES.images
+    if path not in images:
+        if len(images) >= 8:
+            images.pop(next(iter(images)))
+        images[path] = load_image(Path(path))
+    return images[path]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -134,7 +176,7 @@ def run_job(job: Job, timeout: float, repeats: int = 1) -> dict[str, Any]:
     height, width = image.shape[:2]
     row.update(width=width, height=height, image_sha256=hashlib.sha256(image.tobytes()).hexdigest())
     try:
-        codec, load_s = _codec_for(job.codec)
+        codec, load_s = _codec_for(job)
         row["codec_load_s"] = load_s
         with tempfile.TemporaryDirectory(prefix="licbench-") as tmp:
             workdir = Path(tmp)
@@ -183,8 +225,39 @@ def pending_jobs(
         for rate in plan.rates:
             for path in images:
                 if (run, dataset, path.name, plan.spec, plan.settings_hash, rate) not in done:
-                    jobs.append(Job(str(path), path.name, plan.spec, rate))
+                    jobs.append(Job(str(path), path.name, plan.spec, rate, plan.settings_hash))
     return jobs
+
+
+def connect_cluster(address: str, timeout: float = 30.0) -> Client:
+    """A client of the dask.distributed scheduler at ``address``, once at least one worker is up.
+
+    The workers need licbench, the codecs of the run and the dataset at the same path as here.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise RuntimeError("--scheduler needs dask.distributed: pip install 'licbench[cluster]'") from None
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except OSError as exc:
+        raise OSError(f"cannot reach the dask scheduler at {address}: {_one_line(exc)}") from None
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        client.close()
+        raise RuntimeError(f"the dask scheduler at {address} has no worker after {timeout:g} s") from None
+    return client
+
+
+def cluster_description(client: Client) -> dict[str, Any]:
+    """Scheduler address and workers (address -> host, threads), for the run's provenance."""
+    info = client.scheduler_info(n_workers=-1)
+    workers = info["workers"]
+    return {
+        "scheduler": info["address"],
+        "workers": {address: {"host": w.get("host"), "threads": w.get("nthreads")} for address, w in workers.items()},
+    }
 
 
 def execute(
@@ -197,14 +270,20 @@ def execute(
     timeout: float = 600.0,
     repeats: int = 1,
     progress: bool = True,
+    cluster: Client | None = None,
 ) -> int:
-    """Run ``jobs`` and store each result as it finishes; returns the number of failed jobs."""
+    """Run ``jobs`` and store each result as it finishes; returns the number of failed jobs.
+
+    With ``cluster`` the jobs run on its workers (``n_jobs`` -1: as many at once as they have
+    threads); the results still come back here, the only writer of the store.
+    """
     by_spec = {p.spec: p for p in plans}
     failed = 0
-    results: Iterator[dict[str, Any]] = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(run_job)(job, timeout, repeats) for job in jobs
-    )
-    with tqdm(total=len(jobs), unit="job", disable=not progress, dynamic_ncols=True) as bar:
+    backend = parallel_config(backend="dask", client=cluster) if cluster is not None else contextlib.nullcontext()
+    with backend, tqdm(total=len(jobs), unit="job", disable=not progress, dynamic_ncols=True) as bar:
+        results: Iterator[dict[str, Any]] = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(run_job)(job, timeout, repeats) for job in jobs
+        )
         for row in results:
             plan = by_spec[row["codec"]]
             store.add_result(

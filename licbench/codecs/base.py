@@ -8,6 +8,7 @@ group ``licbench.codecs`` (``name = "package.module:CodecClass"``).
 from __future__ import annotations
 
 import importlib
+import threading
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -122,6 +123,8 @@ def _coerce(value: Any, default: Any) -> Any:
 
 _REGISTRY: dict[str, type[Codec]] = {}
 _LOADED = False
+# A dask worker runs jobs in threads: none may look a codec up in a half-filled registry.
+_LOAD_LOCK = threading.RLock()
 
 
 def register(cls: type[Codec]) -> type[Codec]:
@@ -135,18 +138,19 @@ def register(cls: type[Codec]) -> type[Codec]:
 
 def _load_all() -> None:
     global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    package = importlib.import_module("licbench.codecs")
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"licbench.codecs.{module.name}")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if cls.name != ep.name:
-            raise ValueError(f"entry point {ep.name!r} loads codec named {cls.name!r}")
-        register(cls)
+    with _LOAD_LOCK:
+        if _LOADED:
+            return
+        package = importlib.import_module("licbench.codecs")
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.name != "base" and not module.name.startswith("_"):
+                importlib.import_module(f"licbench.codecs.{module.name}")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            cls = ep.load()
+            if cls.name != ep.name:
+                raise ValueError(f"entry point {ep.name!r} loads codec named {cls.name!r}")
+            register(cls)
+        _LOADED = True
 
 
 def codec_names() -> list[str]:

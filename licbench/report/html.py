@@ -259,6 +259,13 @@ def _complexity(frame: pd.DataFrame, ok: pd.DataFrame) -> tuple[Table, Table]:
     return per_codec, per_rate
 
 
+def _job_hosts(ok: pd.DataFrame) -> list[tuple[str, int]]:
+    """Which hosts measured the run's timings, and how many jobs each (a cluster, or a resumed run)."""
+    if "host" not in ok:
+        return []
+    return [(str(host), int(count)) for host, count in ok["host"].fillna("unknown").value_counts().items()]
+
+
 def _per_image(frame: pd.DataFrame) -> Table:
     table = Table(["image", "codec", "rate", "bytes", "bpp", "PSNR-RGB", "PSNR-Y", "MS-SSIM", "enc s", "dec s", "status"])
     for row in frame.sort_values(["image", "codec", "rate"]).itertuples():
@@ -400,6 +407,7 @@ def render_report(
         "bd_sections": _bd_sections(frame, anchor),
         "complexity": per_codec,
         "complexity_per_rate": per_rate,
+        "job_hosts": _job_hosts(ok),
         "per_image": _per_image(frame),
         "codec_provenance": _codec_provenance(frame, settings),
         "machine_json": json.dumps(machine, indent=2, sort_keys=True),
