@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--run", help="run to check (default: the baseline's run name)")
     check.add_argument("--tolerance", type=float, default=None, help="allowed BD-rate increase in percent points")
     check.add_argument("--update", action="store_true", help="rewrite the baseline from the run")
+    check.add_argument(
+        "--anchor",
+        help="with --update: the new baseline's anchor, a codec of the run or published:ID "
+        "(default: the old baseline's, else the report's default)",
+    )
     check.add_argument("--history", type=Path, help="history file (default: next to the baseline)")
     check.set_defaults(func=cmd_check)
 

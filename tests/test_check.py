@@ -79,6 +79,19 @@ def test_worse_codec_setting_is_a_regression(runs, tmp_path, capsys):
     assert len(history(tmp_path / "base.history.jsonl")) == 3
 
 
+def test_a_baseline_can_be_made_on_another_anchor(runs, tmp_path, capsys):
+    baseline = tmp_path / "webp-anchored.json"
+    code, out, _ = check(capsys, runs.db, "--baseline", str(baseline), "--update", "--run", "base", "--anchor", "webp")
+    assert code == 0, out
+    saved = json.loads(baseline.read_text())
+    jpeg = expected_bd(results(runs.db, "base"), "webp", "psnr_rgb", "average-curve")["jpeg"]
+    assert saved["anchor"] == "webp" and saved["bd_rate"] == {"jpeg": round(jpeg, 4)}
+    code, out, _ = check(capsys, runs.db, "--baseline", str(baseline))  # keeps the baseline's anchor
+    assert code == 0 and "anchor webp" in out and f"OK jpeg: BD-rate {jpeg:+.2f} %" in out
+    code, _, err = check(capsys, runs.db, "--baseline", str(baseline), "--anchor", "jpeg")
+    assert code == 2 and "--anchor goes with --update" in err and len(err.strip().splitlines()) == 1
+
+
 def test_missing_codec_is_a_regression(runs, tmp_path, capsys):
     baseline = tmp_path / "base.json"
     history_file = tmp_path / "elsewhere" / "h.jsonl"

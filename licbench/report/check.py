@@ -328,13 +328,15 @@ def run_check(db_path: Path, args: argparse.Namespace) -> int:
     """``licbench check``: 0 when no codec regressed against the baseline, 1 otherwise.
 
     With ``--update`` the baseline is (re)written from the run, keeping an existing baseline's
-    anchor, metric and tolerance unless overridden.
+    anchor (unless ``--anchor``), metric and tolerance unless overridden.
     """
     baseline_path = Path(args.baseline)
     previous = load_baseline(baseline_path) if baseline_path.exists() or not args.update else None
     run = args.run or (previous or {}).get("run")
     if run is None:
         raise CheckError(f"baseline {baseline_path} does not exist yet: name the run to create it from with --run")
+    if args.anchor is not None and not args.update:
+        raise CheckError("--anchor goes with --update: a check measures against its baseline's own anchor")
     info, frame = load_run(db_path, run)
     dataset = info["dataset"]
     if previous is not None and previous["dataset"] != dataset and not args.update:
@@ -347,7 +349,7 @@ def run_check(db_path: Path, args: argparse.Namespace) -> int:
     method = settings.get("method", DEFAULT_METHOD)
     aggregation = settings.get("aggregation", DEFAULT_AGGREGATION)
     tolerance = args.tolerance if args.tolerance is not None else float(settings.get("tolerance", DEFAULT_TOLERANCE))
-    anchor = resolve_anchor(frame, dataset, settings.get("anchor"))
+    anchor = resolve_anchor(frame, dataset, args.anchor or settings.get("anchor"))
     table = bd_rates(frame, anchor, metric, method, aggregation)
     current = {row.codec: _finite_or_none(row.bd_rate) for row in table.itertuples()}
     revision = info["provenance"].get("git_revision") or git_revision()
