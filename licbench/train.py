@@ -114,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stop-at", type=int, metavar="STEP",
         help="end this session after STEP (checkpoint saved; the schedule still spans --steps); --resume later",
     )
+    run.add_argument(
+        "--time-limit", type=float, metavar="MINUTES",
+        help="end this session cleanly (checkpoint saved) after the first step that ends past MINUTES of wall "
+        "time, e.g. a GPU lease; --resume later",
+    )
     run.add_argument("--resume", action="store_true", help="continue the run in --out if it exists")
     run.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -167,6 +172,8 @@ def main(args: argparse.Namespace) -> int:
     for name in ("stop_at", "val_every", "save_every", "threads", "crop", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise ValueError(f"--time-limit must be > 0 minutes, got {args.time_limit:g}")
     for name in ("steps", "workers", "export_check"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0")

@@ -178,6 +178,18 @@ def test_resume_after_stop_is_bitwise_equal_to_a_straight_run(data_dir: Path, st
     assert [s["start_step"] for s in resumed["training"]["sessions"]] == [0, 5]
 
 
+def test_time_limit_ends_a_session_with_a_resumable_checkpoint(data_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "timed.pt"
+    assert cli_main(train_args(data_dir, out, "--steps", "100000", "--time-limit", "0.02")) == 0  # 1.2 s
+    stopped = load(out)
+    assert 1 <= stopped["step"] < 100000
+    assert f"time limit of 0.02 min reached after step {stopped['step']}" in capsys.readouterr().out
+    assert stopped["training"]["settings"]["steps"] == 100000  # the schedule is the whole run's
+    # The limit ended that session only: the next one runs to its own stop step.
+    assert cli_main(["train", "--out", str(out), "--resume", "--stop-at", str(stopped["step"] + 2), "--no-progress"]) == 0
+    assert load(out)["step"] == stopped["step"] + 2
+
+
 def test_best_validation_is_kept_as_a_complete_checkpoint(data_dir: Path, straight_run: Path, tmp_path: Path):
     from licbench.training.loop import best_checkpoint_path
 
@@ -380,6 +392,7 @@ def test_export_keeps_coding_tables_exact_and_decodes(straight_run: Path, tmp_pa
         ("zoo without export", "it needs --export CKPT"),
         ("zoo name with a path", "a zoo name is letters"),
         ("negative warm-up", "--warmup-steps must be >= 0"),
+        ("zero time limit", "--time-limit must be > 0 minutes"),
     ],
 )
 def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run, tmp_path, capsys):
@@ -416,6 +429,7 @@ def test_bad_input_gives_a_one_line_error(case, message, data_dir, straight_run,
         "zoo without export": train_args(data_dir, new_out, "--zoo", "tiny"),
         "zoo name with a path": ["train", "--export", str(straight_run), "--zoo", "../tiny"],
         "negative warm-up": train_args(data_dir, new_out, "--warmup-steps", "-1"),
+        "zero time limit": train_args(data_dir, new_out, "--time-limit", "0"),
     }[case]
     assert cli_main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]

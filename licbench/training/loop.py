@@ -109,6 +109,7 @@ class TrainSettings:
     out: str = "checkpoint.pt"
     steps: int = 1000
     stop_at: int | None = None
+    time_limit: float | None = None  # minutes of wall time for this session
     device: str = "auto"
     threads: int | None = None
     workers: int = 0
@@ -117,7 +118,7 @@ class TrainSettings:
     progress: bool = True
 
 
-SESSION_FIELDS = ("out", "steps", "stop_at", "device", "threads", "workers", "val_every", "save_every", "progress")
+SESSION_FIELDS = ("out", "steps", "stop_at", "time_limit", "device", "threads", "workers", "val_every", "save_every", "progress")
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name not in SESSION_FIELDS)
 
 
@@ -127,7 +128,7 @@ def resolve_settings(
     """Settings from the options given explicitly (None = not given).
 
     Resuming (``stored`` = the checkpoint's settings): an option not given takes the stored value
-    (except ``stop_at``); one of :data:`RUN_FIELDS` given with a different value is an error. A
+    (except ``stop_at`` and ``time_limit``); one of :data:`RUN_FIELDS` given with a different value is an error. A
     fresh run fills the gaps with defaults: lambdas and metric from the ``--init`` checkpoint's
     settings (``init_settings``) if there is one, else the metric's defaults; crop 256 on CUDA,
     128 on CPU; the rest from :class:`TrainSettings`.
@@ -146,7 +147,8 @@ def resolve_settings(
         if conflicts:
             raise ValueError(f"--resume {given.get('out')}: settings differ from the checkpoint's: {'; '.join(conflicts)}")
         merged = {name: value for name, value in stored.items() if name in RUN_FIELDS + SESSION_FIELDS}
-        merged["stop_at"] = None  # a stop step ends one session; it is not carried over
+        # A stop step or a time limit ends one session; it is not carried over.
+        merged["stop_at"] = merged["time_limit"] = None
         merged.update(given)
         return TrainSettings(**merged)
     if "data" not in given:
@@ -364,6 +366,9 @@ def train(
     from licbench.models import build_model
     from licbench.provenance import machine
 
+    # A lent GPU comes with minutes, not steps: the session ends cleanly, checkpoint saved, once
+    # the first step (or validation) ends past the limit, counted from here.
+    deadline = time.monotonic() + 60 * settings.time_limit if settings.time_limit else None
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = select_device(settings.device)
@@ -558,6 +563,7 @@ def train(
     if step == 0 and not history:  # the starting point of the validation curve
         validate_and_keep_best()
     running: deque[dict[str, float]] = deque(maxlen=50)
+    out_of_time = False
     with tqdm(total=settings.steps, initial=step, unit="step", disable=not settings.progress, dynamic_ncols=True) as bar, _graceful_interrupt() as stop:
         for batch in loader:
             for group in optimizer.param_groups:
@@ -579,15 +585,18 @@ def train(
             bar.set_postfix(loss=f"{summary['loss']:.3f}", bpp=f"{summary['bpp']:.3f}", psnr=f"{summary['psnr']:.2f}")
             if step % settings.val_every == 0 or step == settings.steps:
                 validate_and_keep_best()
-            if step % settings.save_every == 0 or step == end_step or stop.requested:
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            if step % settings.save_every == 0 or step == end_step or stop.requested or out_of_time:
                 save()
-            if stop.requested:
+            if stop.requested or out_of_time:
                 break
     best = _best_entry(history)
     if best is not None:
         kept = best_checkpoint_path(settings.out)
         where = str(kept) if kept.exists() else "not kept: it predates best-validation checkpoints"
         print(f"best held-out validation: step {best['step']}, RD loss {held_out_loss(best):.3f} ({where})")
+    if out_of_time:
+        print(f"time limit of {settings.time_limit:g} min reached after step {step}")
     if step < settings.steps:
         print(f"stopped at step {step} of {settings.steps}; checkpoint saved to {settings.out}: run again with --resume to continue")
     return {"out": settings.out, "step": step, "elapsed_s": training["elapsed_s"], "history": history, "interrupted": stop.requested}
