@@ -32,8 +32,8 @@ ship() {  # what has to come back even if the call is cut short later
   done
 }
 train --model msp --model-option 'quantizer="ste"' --init licbench/zoo/msp-base-small.pt --init-whole \
-  --data .gpu-kit/train --crop 256 --batch-size 8 --lr 1e-4 --warmup-steps 500 --steps 1000000 \
-  --time-limit "$minutes" --val-every 1000 --save-every 1000 --workers "${WORKERS:-8}" \
+  --data .gpu-kit/train --crop 256 --batch-size 16 --lr 1e-4 --warmup-steps 500 --steps 1000000 \
+  --time-limit "$minutes" --val-every 1000 --save-every 1000 --workers "${WORKERS:-12}" \
   --device "${DEVICE:-cuda}" --out "$ckpt" --no-progress "$@"
 ship
 reached=$(python3 -c "import torch; print(torch.load('$ckpt', weights_only=True, map_location='cpu')['step'])")
