@@ -35,6 +35,8 @@ def _parse_rates(values: list[str]) -> dict[str, tuple[float, ...]]:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.scheduler is None:
         return _run(args, None)
+    if args.jobs is not None:
+        raise ValueError("--jobs is for local runs: with --scheduler every worker thread of the cluster runs jobs")
     from licbench.bench.runner import connect_cluster
 
     with connect_cluster(args.scheduler) as cluster:
@@ -64,11 +66,11 @@ def _run(args: argparse.Namespace, cluster: Client | None) -> int:
         print("licbench: no codec can run", file=sys.stderr)
         return 2
     run_name = args.run or dataset.name
-    n_jobs = args.jobs or (-1 if cluster is not None else 1)
+    n_jobs = args.jobs or 1
     timing: dict[str, object] = {"repeats": args.repeats, "warm_up": args.repeats > 1, "jobs": n_jobs}
     if cluster is not None:
         described = cluster_description(cluster)
-        timing.update(cluster=described, jobs=args.jobs or sum(w["threads"] for w in described["workers"].values()))
+        timing.update(cluster=described, jobs=sum(w["threads"] for w in described["workers"].values()))
     with ResultStore(_db_path(args)) as store:
         store.save_run(
             run_name,
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="folder holding the dataset (before $LICBENCH_DATA)")
     run.add_argument("--images", type=int, help="use only the first N images")
     run.add_argument("--rates", action="append", default=[], metavar="CODEC=R1,R2,...", help="override rate points")
-    run.add_argument("--jobs", type=int, help="parallel jobs (default 1; with --scheduler: every worker thread)")
+    run.add_argument("--jobs", type=int, help="parallel local jobs (default 1; not with --scheduler)")
     run.add_argument(
         "--scheduler",
         metavar="ADDRESS",

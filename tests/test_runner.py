@@ -96,6 +96,25 @@ def test_crash_and_hang_are_recorded_and_the_run_goes_on(tmp_path, image_folder)
     assert "FAILED crashing" in result.stderr
 
 
+def test_a_worker_killed_by_its_codec_fails_that_job_only(tmp_path, image_folder):
+    db = tmp_path / "r.sqlite"
+    result = licbench_cli(
+        "run", "--codecs", "dying,toy-quant", "--rates", "dying=8", "--dataset", str(image_folder), "--jobs", "2",
+        "--no-progress", db=db,
+    )
+    assert result.returncode == 1, result.stderr
+    table = rows(db)
+    assert len(table) == 3 + 12 and not table.duplicated(["image", "codec", "rate"]).any()
+    dying = table[table["codec"] == "dying"]
+    assert (dying["status"] == "error").all()
+    assert dying["error"].str.startswith("the worker process died running this job: ").all()
+    assert (table.loc[table["codec"] == "toy-quant", "status"] == "ok").all()  # the jobs beside it
+    assert "a worker process died" in result.stderr
+    again = licbench_cli("run", "--codecs", "dying,toy-quant", "--rates", "dying=8", "--dataset", str(image_folder),
+                         "--jobs", "2", "--no-progress", db=db)  # fmt: skip
+    assert "15 already done, 0 to run" in again.stderr
+
+
 def test_bad_images_are_recorded_with_the_file_named(tmp_path, image_folder):
     (image_folder / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     db = tmp_path / "r.sqlite"
@@ -139,13 +158,21 @@ def test_unknown_codec_setting_is_a_clear_error(tmp_path, image_folder):
 
 @pytest.fixture(scope="module")
 def local_cluster():
-    """A real dask.distributed cluster on this machine: a scheduler and one worker process."""
+    """A real dask.distributed cluster on this machine: a scheduler and one worker process (which
+    sees the test codec plugin, like every worker of a real cluster sees the codecs it runs)."""
+    import dask
     import distributed  # the [test] extra installs it
 
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
-        yield cluster, client
+    sys.path.insert(0, str(PLUGIN_DIR))  # spawned workers start with this process's sys.path
+    try:
+        # The first worker death of a task fails it (dask's default retries it on 3 more workers),
+        # and one thread per worker (as the README advises) keeps other jobs out of the way.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster, distributed.Client(cluster) as client:
+            yield cluster, client
+    finally:
+        sys.path.remove(str(PLUGIN_DIR))
 
 
 def test_a_cluster_run_stores_every_job_here_and_resumes(tmp_path, image_folder, local_cluster):
@@ -164,7 +191,7 @@ def test_a_cluster_run_stores_every_job_here_and_resumes(tmp_path, image_folder,
     with sqlite3.connect(db) as conn:
         timing = json.loads(conn.execute("SELECT provenance FROM runs").fetchone()[0])["timing"]
     assert timing["cluster"]["scheduler"] == cluster.scheduler_address
-    assert timing["jobs"] == 2  # the worker's two threads
+    assert timing["jobs"] == 1  # the worker's one thread
     report = licbench_cli("report", "cl", "--output", str(tmp_path / "report"), db=db)
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "report" / "index.html").read_text()
@@ -176,6 +203,20 @@ def test_a_cluster_run_stores_every_job_here_and_resumes(tmp_path, image_folder,
     assert list(rows(db)["finished_at"]) == list(table["finished_at"])
 
 
+def test_a_cluster_worker_killed_by_its_codec_fails_that_job_only(tmp_path, image_folder, local_cluster):
+    cluster, _ = local_cluster
+    db = tmp_path / "r.sqlite"
+    result = licbench_cli(
+        "run", "--codecs", "dying,toy-quant", "--rates", "dying=8", "--rates", "toy-quant=8,16", "--images", "2",
+        "--dataset", str(image_folder), "--scheduler", cluster.scheduler_address, "--no-progress", db=db,
+    )
+    assert result.returncode == 1, result.stderr
+    table = rows(db).set_index(["codec", "image", "rate"]).sort_index()
+    assert len(table) == 2 + 4
+    assert table.loc["dying", "error"].str.startswith("the worker process died running this job: ").all()
+    assert (table.loc["toy-quant", "status"] == "ok").all()
+
+
 def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, image_folder):
     from licbench.bench.runner import connect_cluster
 
@@ -184,6 +225,9 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, image_folder):
         connect_cluster("tcp://127.0.0.1:9", timeout=2)
     assert time.monotonic() - start < 30
     assert "\n" not in str(error.value)
+    both = licbench_cli("run", "--codecs", "jpeg", "--dataset", str(image_folder), "--scheduler", "tcp://127.0.0.1:9",
+                        "--jobs", "2", db=tmp_path / "r.sqlite")  # fmt: skip
+    assert both.returncode == 2 and "--jobs is for local runs" in both.stderr
 
 
 def test_a_worker_refuses_a_job_for_another_build_of_its_codec(image_folder):

@@ -2,14 +2,13 @@
 
 Workers encode, decode, time and measure; the parent process writes each finished job to the
 results store as it arrives, so an interruption loses only the jobs in flight. Workers are local
-processes (joblib) or the workers of a dask.distributed cluster (joblib's dask backend); either
+processes (joblib) or the workers of a dask.distributed cluster (one task per job); either
 way a worker refuses a job when its codec is not the one the run planned (other version or
 settings), so one run never mixes codec builds.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import statistics
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed, parallel_config
+from joblib import Parallel, delayed
+from joblib.externals.loky.process_executor import BrokenProcessPool
 from tqdm.auto import tqdm
 
 from licbench.bench.metrics import image_metrics
@@ -260,6 +260,70 @@ def cluster_description(client: Client) -> dict[str, Any]:
     }
 
 
+def _job_key(item: Job | dict[str, Any]) -> tuple[str, str, float]:
+    if isinstance(item, Job):
+        return item.image, item.codec, item.rate
+    return item["image"], item["codec"], item["rate"]
+
+
+def _died(job: Job, exc: BaseException) -> dict[str, Any]:
+    error = f"the worker process died running this job: {_one_line(exc)}"
+    return {"image": job.image, "codec": job.codec, "rate": job.rate, "status": "error", "error": error}
+
+
+def _local_rows(
+    jobs: list[Job], n_jobs: int, timeout: float, repeats: int, say: Callable[[str], None]
+) -> Iterator[dict[str, Any]]:
+    """Rows of ``jobs`` run by joblib's local worker processes (in this process for one job), as
+    they finish. A worker that dies (a crash in a codec's own process, the out-of-memory killer)
+    takes every job in flight with it: each of those then runs alone in a fresh worker, so only
+    the one that kills its worker again is recorded as failed, and the rest go on as usual."""
+    pending = list(jobs)
+    while pending:
+        sent: list[Job] = []
+
+        def send(batch: list[Job]) -> Iterator[Any]:
+            for job in batch:  # joblib takes jobs from here as it dispatches them
+                sent.append(job)
+                yield delayed(run_job)(job, timeout, repeats)
+
+        returned: set[tuple[str, str, float]] = set()
+        try:
+            for row in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(send(pending)):
+                returned.add(_job_key(row))
+                yield row
+            return
+        except BrokenProcessPool as exc:
+            lost = [job for job in sent if _job_key(job) not in returned]
+            say(f"a worker process died ({_one_line(exc)}); running its {len(lost)} job(s) one at a time")
+            for job in lost:
+                try:
+                    yield Parallel(n_jobs=2)([delayed(run_job)(job, timeout, repeats)])[0]
+                except BrokenProcessPool as again:
+                    yield _died(job, again)
+            pending = pending[len(sent):]
+
+
+def _cluster_rows(cluster: Client, jobs: list[Job], timeout: float, repeats: int) -> Iterator[dict[str, Any]]:
+    """Rows of ``jobs`` run on a dask.distributed cluster, one task per job, as they finish.
+
+    dask futures rather than joblib's dask backend: there, a task whose worker died never
+    completes its joblib future in generator mode (joblib 1.6), and the run would hang. Here the
+    scheduler fails such a task once it has killed ``distributed.scheduler.allowed-failures`` + 1
+    workers (dask's setting, default 3), and only its job is recorded as failed.
+    """
+    from distributed import as_completed
+
+    futures = {cluster.submit(run_job, job, timeout, repeats, pure=False): job for job in jobs}
+    for future in as_completed(futures, loop=cluster.loop):
+        job = futures.pop(future)
+        if future.status == "error":
+            yield _died(job, future.exception())
+        else:
+            yield future.result()
+        future.release()
+
+
 def execute(
     store: ResultStore,
     run: str,
@@ -274,17 +338,19 @@ def execute(
 ) -> int:
     """Run ``jobs`` and store each result as it finishes; returns the number of failed jobs.
 
-    With ``cluster`` the jobs run on its workers (``n_jobs`` -1: as many at once as they have
-    threads); the results still come back here, the only writer of the store.
+    With ``cluster`` the jobs run on its workers (``n_jobs`` is then ignored: the scheduler keeps
+    every worker thread busy); the results still come back here, the only writer of the store.
     """
     by_spec = {p.spec: p for p in plans}
     failed = 0
-    backend = parallel_config(backend="dask", client=cluster) if cluster is not None else contextlib.nullcontext()
-    with backend, tqdm(total=len(jobs), unit="job", disable=not progress, dynamic_ncols=True) as bar:
-        results: Iterator[dict[str, Any]] = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            delayed(run_job)(job, timeout, repeats) for job in jobs
+    with tqdm(total=len(jobs), unit="job", disable=not progress, dynamic_ncols=True) as bar:
+        say = lambda text: bar.write(text, file=sys.stderr)  # noqa: E731
+        rows = (
+            _cluster_rows(cluster, jobs, timeout, repeats)
+            if cluster is not None
+            else _local_rows(jobs, n_jobs, timeout, repeats, say)
         )
-        for row in results:
+        for row in rows:
             plan = by_spec[row["codec"]]
             store.add_result(
                 {
@@ -300,7 +366,7 @@ def execute(
             )
             if row["status"] != OK:
                 failed += 1
-                bar.write(f"FAILED {row['codec']} {plan.rate_parameter}={row['rate']:g} {row['image']}: {row['error']}", file=sys.stderr)
+                say(f"FAILED {row['codec']} {plan.rate_parameter}={row['rate']:g} {row['image']}: {row['error']}")
             bar.set_postfix_str(f"{row['codec']} {row['image']}", refresh=False)
             bar.update()
     return failed

@@ -3,11 +3,14 @@ entry point group exactly as an external package would (see the .dist-info besid
 
 ``toy-quant`` is a real (if simple) lossy codec: uniform quantisation of the pixels followed by
 zlib, with a small header. ``crashing`` and ``hanging`` drive real child processes that die by a
-signal or never finish, to exercise the harness's error and timeout handling.
+signal or never finish, and ``dying`` kills its own (worker) process, to exercise the harness's
+error and timeout handling.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
 import sys
 import time
@@ -68,6 +71,15 @@ class Crashing(ToyQuant):
     def encode(self, image, rate, workdir: Path, timeout: float) -> Encoded:
         run_tool([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], timeout)
         raise AssertionError("unreachable: the child always crashes")
+
+
+class Dying(ToyQuant):
+    name = "dying"
+    description = "a codec that kills the process it runs in, as a crash or the OOM killer would (test plugin)"
+
+    def encode(self, image, rate, workdir: Path, timeout: float) -> Encoded:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable: the process is gone")
 
 
 class Hanging(ToyQuant):
