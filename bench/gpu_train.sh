@@ -8,6 +8,7 @@
 # checkpoints exported in float32 (best held-out validation and last step; ~10 MB each), and the
 # training checkpoint (Adam state included) split into parts under the 16 MiB a file may have
 # (`cat gpu.ckpt.part-* > runs/gpu.ckpt` here). Keep MINUTES <= 6.5 for the 10-minute call limit.
+# INIT: the model file to continue (default: the zoo's MSP base).
 set -euo pipefail
 minutes=${1:?usage: bench/gpu_train.sh MINUTES [train options]}
 shift
@@ -31,7 +32,7 @@ ship() {  # what has to come back even if the call is cut short later
     train --export "$source" --out "$out/msp-gpu-$which.pt" --export-precision float32 --export-check 0 >/dev/null
   done
 }
-train --model msp --model-option 'quantizer="ste"' --init licbench/zoo/msp-base-small.pt --init-whole \
+train --model msp --model-option 'quantizer="ste"' --init "${INIT:-licbench/zoo/msp-base-small.pt}" --init-whole \
   --data .gpu-kit/train --crop 256 --batch-size 16 --lr 1e-4 --warmup-steps 500 --steps 1000000 \
   --time-limit "$minutes" --val-every 1000 --save-every 1000 --workers "${WORKERS:-12}" \
   --device "${DEVICE:-cuda}" --out "$ckpt" --no-progress "$@"
