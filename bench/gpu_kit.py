@@ -20,6 +20,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from itertools import chain
 from pathlib import Path
 
@@ -119,8 +120,7 @@ def main() -> int:
         "train": copied,
     }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    corpora = sorted({Path(str(c["file"])).parts[1] for c in copied})
-    counts = {c: sum(1 for f in copied if Path(str(f["file"])).parts[1] == c) for c in corpora}
+    counts = dict(sorted(Counter(Path(str(c["file"])).parts[1] for c in copied).items()))
     total = travelling_bytes() + used + sum(w.stat().st_size for w in wheels)
     print(f"{out}: {len(wheels)} wheels, {len(copied)} training images ({used / 2**20:.1f} MiB: {counts})")
     print(f"the device call sends {total / 2**20:.1f} MiB of {TRAVEL_LIMIT / 2**20:.0f}")
