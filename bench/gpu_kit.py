@@ -105,7 +105,8 @@ def main() -> int:
     if out.exists():
         shutil.rmtree(out)
     wheels = download_wheels(out / "whl")
-    budget = TRAVEL_LIMIT - int(args.margin_mib * 2**20) - travelling_bytes() - sum(w.stat().st_size for w in wheels)
+    fixed = travelling_bytes() + sum(w.stat().st_size for w in wheels)  # what travels besides the images
+    budget = TRAVEL_LIMIT - int(args.margin_mib * 2**20) - fixed
     copied: list[dict[str, str | int]] = []
     for source in share_budget(args.data, args.crop, budget):
         target = out / "train" / source.relative_to(args.data)
@@ -121,7 +122,7 @@ def main() -> int:
     }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
     counts = dict(sorted(Counter(Path(str(c["file"])).parts[1] for c in copied).items()))
-    total = travelling_bytes() + used + sum(w.stat().st_size for w in wheels)
+    total = fixed + used
     print(f"{out}: {len(wheels)} wheels, {len(copied)} training images ({used / 2**20:.1f} MiB: {counts})")
     print(f"the device call sends {total / 2**20:.1f} MiB of {TRAVEL_LIMIT / 2**20:.0f}")
     print('next: device run, command "bash bench/gpu_train.sh 6.5", carry [".gpu-kit"], timeout_s 600')
