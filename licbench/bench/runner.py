@@ -44,6 +44,11 @@ class Job:
     rate: float
     settings_hash: str  # the plan's: a worker whose codec differs refuses the job
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The fields that name this job's row (the parent adds the run's and the codec's)."""
+        return {"image": self.image, "codec": self.codec, "rate": self.rate}
+
 
 @dataclass(frozen=True)
 class CodecPlan:
@@ -162,13 +167,7 @@ def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
 def run_job(job: Job, timeout: float, repeats: int = 1) -> dict[str, Any]:
     """Encode, decode and measure one image at one rate point; never raises for a codec or input
     failure (the row records it)."""
-    row: dict[str, Any] = {
-        "image": job.image,
-        "codec": job.codec,
-        "rate": job.rate,
-        "host": machine()["host"],
-        "timing_repeats": repeats,
-    }
+    row: dict[str, Any] = {**job.identity, "host": machine()["host"], "timing_repeats": repeats}
     try:
         image = _image_for(job.image_path)
     except ImageError as exc:
@@ -260,15 +259,8 @@ def cluster_description(client: Client) -> dict[str, Any]:
     }
 
 
-def _job_key(item: Job | dict[str, Any]) -> tuple[str, str, float]:
-    if isinstance(item, Job):
-        return item.image, item.codec, item.rate
-    return item["image"], item["codec"], item["rate"]
-
-
 def _died(job: Job, exc: BaseException) -> dict[str, Any]:
-    error = f"the worker process died running this job: {_one_line(exc)}"
-    return {"image": job.image, "codec": job.codec, "rate": job.rate, "status": "error", "error": error}
+    return {**job.identity, "status": "error", "error": f"the worker process died running this job: {_one_line(exc)}"}
 
 
 def _local_rows(
@@ -287,17 +279,17 @@ def _local_rows(
                 sent.append(job)
                 yield delayed(run_job)(job, timeout, repeats)
 
-        returned: set[tuple[str, str, float]] = set()
+        returned: set[tuple[Any, ...]] = set()
         try:
             for row in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(send(pending)):
-                returned.add(_job_key(row))
+                returned.add(tuple(row[field] for field in ("image", "codec", "rate")))
                 yield row
             return
         except BrokenProcessPool as exc:
-            lost = [job for job in sent if _job_key(job) not in returned]
+            lost = [job for job in sent if tuple(job.identity.values()) not in returned]
             say(f"a worker process died ({_one_line(exc)}); running its {len(lost)} job(s) one at a time")
             for job in lost:
-                try:
+                try:  # n_jobs=2 so that the job runs in a worker process: with 1 it would run here
                     yield Parallel(n_jobs=2)([delayed(run_job)(job, timeout, repeats)])[0]
                 except BrokenProcessPool as again:
                     yield _died(job, again)
@@ -344,7 +336,9 @@ def execute(
     by_spec = {p.spec: p for p in plans}
     failed = 0
     with tqdm(total=len(jobs), unit="job", disable=not progress, dynamic_ncols=True) as bar:
-        say = lambda text: bar.write(text, file=sys.stderr)  # noqa: E731
+        def say(text: str) -> None:
+            bar.write(text, file=sys.stderr)
+
         rows = (
             _cluster_rows(cluster, jobs, timeout, repeats)
             if cluster is not None
