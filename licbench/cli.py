@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -117,19 +118,85 @@ def cmd_export(args: argparse.Namespace) -> int:
     from licbench.store import ResultStore
 
     with ResultStore(_db_path(args)) as store:
-        store.run_info(args.run)
+        info = store.run_info(args.run)
         frame = store.results(args.run)
     out = Path(args.output)
-    fmt = args.format or out.suffix.lstrip(".").lower()
+    fmt = _table_format(out, args.format)
     if fmt == "csv":
         frame.to_csv(out, index=False)
     elif fmt == "json":
         frame.to_json(out, orient="records", indent=1)
-    elif fmt == "parquet":
-        frame.to_parquet(out, index=False)
     else:
-        raise SystemExit(f"licbench: unknown export format {fmt!r} (csv, json, parquet)")
-    print(f"{len(frame)} rows written to {out}")
+        frame.to_parquet(out, index=False)
+    _run_record_path(out).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    print(f"{len(frame)} rows written to {out}, the run's provenance to {_run_record_path(out)}")
+    return 0
+
+
+def _table_format(path: Path, given: str | None) -> str:
+    fmt = given or path.suffix.lstrip(".").lower()
+    if fmt not in ("csv", "json", "parquet"):
+        raise SystemExit(f"licbench: {path}: unknown table format {fmt!r} (csv, json, parquet)")
+    return fmt
+
+
+def _run_record_path(table: Path) -> Path:
+    """Where ``export`` puts the run's record (dataset, provenance) next to the rows it writes."""
+    return table.with_name(table.name + ".run.json")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from licbench.digest import file_digest
+    from licbench.store import RESULT_COLUMNS, ResultStore
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise SystemExit(f"licbench: {source}: no such file")
+    fmt = _table_format(source, args.format)
+    # text columns stay text (a settings hash of digits alone is no number), dates stay strings
+    text = {name: str for name, kind in RESULT_COLUMNS.items() if kind.startswith("TEXT")}
+    readers = {
+        "csv": lambda path: pd.read_csv(path, dtype=text),
+        "json": lambda path: pd.read_json(path, orient="records", dtype=False, convert_dates=False),
+        "parquet": pd.read_parquet,
+    }
+    try:
+        frame = readers[fmt](source)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"licbench: {source}: not a readable {fmt} table ({exc})") from None
+    if "run" not in frame.columns or "dataset" not in frame.columns:
+        raise SystemExit(f"licbench: {source}: not a licbench export (no run/dataset columns)")
+    runs, datasets = sorted(frame["run"].astype(str).unique()), sorted(frame["dataset"].astype(str).unique())
+    if len(runs) != 1 or len(datasets) != 1:
+        raise SystemExit(f"licbench: {source}: expected the rows of one run on one dataset, found runs {runs}, datasets {datasets}")
+    record_path = _run_record_path(source)
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    run_name = args.run or runs[0]
+    frame["run"] = run_name
+    with ResultStore(_db_path(args)) as store:
+        try:
+            existing = store.run_info(run_name)
+        except KeyError:
+            existing = None
+        if existing is not None and existing["dataset"] != datasets[0]:
+            raise SystemExit(f"licbench: {source}: run {run_name!r} here is on {existing['dataset']}, the rows on {datasets[0]}")
+        try:
+            counts = store.merge_rows(frame)
+        except ValueError as exc:
+            raise SystemExit(f"licbench: {source}: {exc}") from None
+        provenance = existing["provenance"] if existing else (record or {}).get("provenance", {})
+        imported = {"file": str(source), "sha256": file_digest(source), "rows": len(frame), **counts}
+        if record is not None:
+            imported["source_run"] = {key: record.get(key) for key in ("name", "created", "updated")}
+        provenance.setdefault("imports", []).append(imported)
+        store.save_run(run_name, datasets[0], provenance)
+    print(
+        f"{source}: {counts['added']} rows added, {counts['replaced']} failed rows replaced, "
+        f"{counts['kept']} kept as they were in run {run_name!r}"
+        + ("" if record is not None else f" (no {record_path.name}: the run's own provenance is not known)")
+    )
     return 0
 
 
@@ -246,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output")
     export.add_argument("--format", choices=["csv", "json", "parquet"])
     export.set_defaults(func=cmd_export)
+
+    merge = sub.add_parser(
+        "import",
+        help="add the rows of an export (another machine's run) to the store; results already here are kept",
+    )
+    merge.add_argument("input", help="a file written by licbench export (its .run.json beside it, if any)")
+    merge.add_argument("--run", help="the run to add them to (default: the run they came from)")
+    merge.add_argument("--format", choices=["csv", "json", "parquet"])
+    merge.set_defaults(func=cmd_import)
 
     codecs = sub.add_parser("codecs", help="list codecs, their availability and versions")
     codecs.add_argument("-v", "--verbose", action="store_true")

@@ -139,6 +139,32 @@ class ResultStore:
                 [row[n] for n in names],
             )
 
+    def merge_rows(self, frame: pd.DataFrame) -> dict[str, int]:
+        """Add result rows computed elsewhere (an export of another store), never losing a result
+        this store already has: a row whose key is here already is skipped unless the row here
+        failed and the incoming one is ok. Returns the counts "added", "replaced" and "kept"."""
+        missing = [name for name in (*KEY, "status") if name not in frame.columns]
+        if missing:
+            raise ValueError(f"missing result columns: {', '.join(missing)}")
+        unknown = set(frame.columns) - set(RESULT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown result columns: {sorted(unknown)}")
+        # NaN is how pandas reads an empty CSV/JSON cell; the store's NULL is None
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        counts = {"added": 0, "replaced": 0, "kept": 0}
+        where = " AND ".join(f"{name} = ?" for name in KEY)
+        for row in records:
+            here = self._conn.execute(f"SELECT status FROM results WHERE {where}", [row[n] for n in KEY]).fetchone()
+            if here is None:
+                counts["added"] += 1
+            elif here[0] != OK and row["status"] == OK:
+                counts["replaced"] += 1
+            else:
+                counts["kept"] += 1
+                continue
+            self.add_result(row)
+        return counts
+
     def results(self, run: str | None = None, statuses: Iterable[str] | None = None) -> pd.DataFrame:
         query, params = "SELECT * FROM results WHERE 1=1", []
         if run is not None:

@@ -142,6 +142,57 @@ def test_export(tmp_path, image_folder, fmt):
     assert frame["psnr_rgb"].notna().all()
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_import_carries_another_machines_rows_and_keeps_what_is_here(tmp_path, image_folder, fmt):
+    elsewhere, here = tmp_path / "elsewhere.sqlite", tmp_path / "here.sqlite"
+    run = ("run", "--codecs", "toy-quant", "--rates", "toy-quant=8,16", "--dataset", str(image_folder), "--no-progress")
+    assert licbench_cli(*run, "--run", "exp", db=elsewhere).returncode == 0
+    out = tmp_path / f"rows.{fmt}"
+    assert licbench_cli("export", "exp", str(out), db=elsewhere).returncode == 0
+
+    # here: one of the six jobs already computed (ok), one failed; the import keeps the first
+    assert licbench_cli(*run[:4], "toy-quant=8", *run[5:], "--images", "1", "--run", "exp", db=here).returncode == 0
+    with sqlite3.connect(here) as conn:
+        conn.execute("UPDATE results SET finished_at = 'computed here'")
+        conn.execute(
+            "INSERT INTO results (run, dataset, image, codec, settings_hash, rate, status, error) "
+            "SELECT run, dataset, image, codec, settings_hash, 16, 'timeout', 'took too long' FROM results"
+        )
+    result = licbench_cli("import", str(out), db=here)
+    assert result.returncode == 0, result.stderr
+    assert "4 rows added, 1 failed rows replaced, 1 kept" in result.stdout
+    merged, source = rows(here).sort_values(["image", "rate"]), rows(elsewhere).sort_values(["image", "rate"])
+    assert len(merged) == 6 and (merged["status"] == "ok").all()
+    assert (merged["finished_at"] == "computed here").sum() == 1
+    columns = ["image", "codec", "settings_hash", "rate", "bytes", "bpp", "psnr_rgb", "settings", "bitstream_sha256"]
+    pd.testing.assert_frame_equal(merged[columns].reset_index(drop=True), source[columns].reset_index(drop=True))
+    with sqlite3.connect(here) as conn:
+        provenance = json.loads(conn.execute("SELECT provenance FROM runs WHERE name = 'exp'").fetchone()[0])
+    assert provenance["imports"][0]["rows"] == 6 and provenance["imports"][0]["source_run"]["name"] == "exp"
+
+    # the same settings hash: a run here treats the imported jobs as done
+    again = licbench_cli(*run, "--run", "exp", db=here)
+    assert again.returncode == 0 and "6 already done, 0 to run" in again.stderr
+    twice = licbench_cli("import", str(out), db=here)
+    assert "0 rows added, 0 failed rows replaced, 6 kept" in twice.stdout and len(rows(here)) == 6
+
+
+def test_import_of_a_file_that_is_no_export_is_a_clear_error(tmp_path, image_folder):
+    db = tmp_path / "r.sqlite"
+    table = tmp_path / "scores.csv"
+    table.write_text("run,dataset,image,quality\nx,kodak,kodim01.png,3\n")
+    result = licbench_cli("import", str(table), db=db)
+    assert result.returncode != 0
+    assert str(table) in result.stderr and "missing result columns: codec" in result.stderr
+    truncated = tmp_path / "rows.json"
+    truncated.write_text('[{"run": "exp", "dataset"')
+    result = licbench_cli("import", str(truncated), db=db)
+    assert result.returncode != 0 and f"{truncated}: not a readable json table" in result.stderr
+    with sqlite3.connect(db) as conn:  # nothing half-imported
+        assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
 def test_codecs_lists_plugins_and_availability(tmp_path):
     result = licbench_cli("codecs", db=tmp_path / "r.sqlite")
     assert result.returncode == 0, result.stderr
