@@ -123,7 +123,12 @@ def test_round_trip_is_exact_and_matches_likelihoods(case: str, size: str) -> No
     # The test means something: the latent costs well over a bit per element.
     assert estimated_bytes * 8 > y.numel()
     written = sum(len(stream[0]) for stream in compressed["strings"])
-    assert abs(written - estimated_bytes) <= 0.02 * estimated_bytes + 64, (written, estimated_bytes)
+    # No bits wasted over the model's likelihoods. Fewer are possible: the coder snaps each scale
+    # up to the next entry of CompressAI's scale table (steps of ~13 %), which costs less than the
+    # estimate where a model's scales are overconfident, as these few-step calibrated models' are
+    # on an image they were not fitted to (torch 2.14.1: the hyperprior writes 4 % below it).
+    assert written <= 1.02 * estimated_bytes + 64, (written, estimated_bytes)
+    assert written >= 0.9 * estimated_bytes, (written, estimated_bytes)
 
 
 @pytest.mark.parametrize("case", CASES)
