@@ -128,8 +128,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         frame.to_json(out, orient="records", indent=1)
     else:
         frame.to_parquet(out, index=False)
-    _run_record_path(out).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    print(f"{len(frame)} rows written to {out}, the run's provenance to {_run_record_path(out)}")
+    record = _run_record_path(out)
+    record.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    print(f"{len(frame)} rows written to {out}, the run's provenance to {record}")
     return 0
 
 

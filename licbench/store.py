@@ -131,13 +131,15 @@ class ResultStore:
         unknown = set(row) - set(RESULT_COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns: {sorted(unknown)}")
-        names = list(row)
         with self._conn:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO results ({', '.join(names)}) "
-                f"VALUES ({', '.join('?' for _ in names)})",
-                [row[n] for n in names],
-            )
+            self._insert(row)
+
+    def _insert(self, row: dict[str, Any]) -> None:
+        names = list(row)
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO results ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+            [row[n] for n in names],
+        )
 
     def merge_rows(self, frame: pd.DataFrame) -> dict[str, int]:
         """Add result rows computed elsewhere (an export of another store), never losing a result
@@ -151,18 +153,21 @@ class ResultStore:
             raise ValueError(f"unknown result columns: {sorted(unknown)}")
         # NaN is how pandas reads an empty CSV/JSON cell; the store's NULL is None
         records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        runs = {row["run"] for row in records}
+        here = set().union(*(self.finished_keys(run) for run in runs))
+        here_ok = set().union(*(self.finished_keys(run, include_failed=False) for run in runs))
         counts = {"added": 0, "replaced": 0, "kept": 0}
-        where = " AND ".join(f"{name} = ?" for name in KEY)
-        for row in records:
-            here = self._conn.execute(f"SELECT status FROM results WHERE {where}", [row[n] for n in KEY]).fetchone()
-            if here is None:
-                counts["added"] += 1
-            elif here[0] != OK and row["status"] == OK:
-                counts["replaced"] += 1
-            else:
-                counts["kept"] += 1
-                continue
-            self.add_result(row)
+        with self._conn:  # one transaction: a failed import leaves the store as it was
+            for row in records:
+                key = tuple(row[n] for n in KEY)
+                if key not in here:
+                    counts["added"] += 1
+                elif key not in here_ok and row["status"] == OK:
+                    counts["replaced"] += 1
+                else:
+                    counts["kept"] += 1
+                    continue
+                self._insert({**row, "finished_at": row.get("finished_at") or _now()})
         return counts
 
     def results(self, run: str | None = None, statuses: Iterable[str] | None = None) -> pd.DataFrame:
