@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from licbench.cli import main
+from licbench.report.check import bd_rates, resolve_anchor
+from licbench.store import OK
 from test_report import Page, expected_bd, make_crops, results, run_codecs
 
 RATES = ("jpeg=10,30,60,90", "webp=5,30,70,92", "webp:method=0=5,30,70,92")
@@ -134,3 +138,21 @@ def test_report_draws_the_check_history(runs, capsys):
     # A run without checks gets no history section.
     assert main(["--db", str(runs.db), "report", "partial", "--output", str(runs.root / "partial")]) == 0
     assert 'id="history"' not in (runs.root / "partial" / "index.html").read_text()
+
+
+def test_bd_against_a_published_curve_notes_a_run_over_part_of_its_dataset():
+    """The published curve averages all 24 Kodak images: a run over 3 of them is noted as indicative
+    only, with its value kept; a run over all 24 is not noted."""
+
+    def bd_against_vtm(images: int) -> pd.Series:
+        frame = pd.DataFrame([
+            {"codec": "jpeg", "image": f"kodim{image:02d}.png", "rate": rate, "status": OK,
+             "bpp": 0.1 * (rate + 1) * (1 + image / 100), "psnr_rgb": 27.0 + 2 * rate}
+            for image in range(1, images + 1) for rate in range(4)
+        ])  # fmt: skip
+        return bd_rates(frame, resolve_anchor(frame, "kodak", "published:vtm-18.0")).set_index("codec").loc["jpeg"]
+
+    part, whole = bd_against_vtm(3), bd_against_vtm(24)
+    assert part["note"].endswith("3 of the 24 kodak images against the published average of all 24: indicative only")
+    assert "kodak images" not in whole["note"]
+    assert np.isfinite(part["bd_rate"]) and np.isfinite(whole["bd_rate"])

@@ -29,6 +29,7 @@ import pandas as pd
 
 from licbench.bench.bd import bd_table
 from licbench.codecs.base import parse_codec_spec
+from licbench.datasets.catalogue import KNOWN_DATASETS
 from licbench.provenance import git_revision
 from licbench.published import DATASETS, PublishedCurve, PublishedError, load_published
 from licbench.store import OK, ResultStore
@@ -148,6 +149,8 @@ def bd_rates(
         except PublishedError as error:
             return _empty_rows(sorted(frame["codec"].unique()), anchor, metric, method, aggregation, str(error))
         table = bd_table(ok, anchor.label, metric, method, aggregation, anchor_curve=anchor_curve) if len(ok) else None
+        if table is not None:
+            _flag_image_subsets(table, anchor.curve)
     elif anchor.label in set(ok["codec"]):
         table = bd_table(ok, anchor.label, metric, method, aggregation)
     else:
@@ -161,6 +164,20 @@ def bd_rates(
     if table is None:
         return extra
     return pd.concat([table, extra], ignore_index=True) if len(extra) else table
+
+
+def _flag_image_subsets(table: pd.DataFrame, curve: PublishedCurve) -> None:
+    """Note, in place, every codec whose curve averages fewer images than the published curve, which
+    averages its whole dataset: such a BD-rate compares different images and is indicative only."""
+    source = KNOWN_DATASETS.get(curve.dataset)
+    if source is None:
+        return
+    for index in table.index[table["n_images"].between(1, source.image_count - 1)]:
+        subset = (
+            f"{table.at[index, 'n_images']} of the {source.image_count} {curve.dataset} images against the "
+            f"published average of all {source.image_count}: indicative only"
+        )
+        table.at[index, "note"] = "; ".join(filter(None, [table.at[index, "note"], subset]))
 
 
 def _empty_rows(
