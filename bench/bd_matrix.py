@@ -63,8 +63,16 @@ def main() -> None:
     parser.add_argument("--anchors", required=True, help="comma-separated codecs of the run or published:ID")
     parser.add_argument("--codecs", help="comma-separated rows (default: every codec of the run)")
     parser.add_argument("--metric", default="psnr_rgb")
+    parser.add_argument(
+        "--images", type=int, metavar="N",
+        help="only the run's first N images by name (to compare a codec run on fewer images with the others on the same ones)",
+    )
     args = parser.parse_args()
     info, frame = load_run(args.db, args.run)
+    if args.images is not None:
+        if args.images < 1:
+            parser.error("--images must be >= 1")
+        frame = frame[frame["image"].isin(sorted(frame["image"].unique())[: args.images])]
     codecs = args.codecs.split(",") if args.codecs else sorted(frame["codec"].unique())
     anchors = args.anchors.split(",")
     print(f"run {args.run!r}, dataset {info['dataset']}, {frame['image'].nunique()} images, metric {args.metric}\n")
