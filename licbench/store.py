@@ -124,7 +124,7 @@ class ResultStore:
 
     def add_result(self, row: dict[str, Any]) -> None:
         """Write one job's result atomically (replacing a failed attempt with the same key)."""
-        row = {**row, "finished_at": row.get("finished_at") or _now()}
+        row = dict(row)
         for key in ("settings", "info"):
             if isinstance(row.get(key), dict):
                 row[key] = json.dumps(row[key], sort_keys=True, default=str)
@@ -135,6 +135,7 @@ class ResultStore:
             self._insert(row)
 
     def _insert(self, row: dict[str, Any]) -> None:
+        row = {**row, "finished_at": row.get("finished_at") or _now()}
         names = list(row)
         self._conn.execute(
             f"INSERT OR REPLACE INTO results ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
@@ -167,7 +168,7 @@ class ResultStore:
                 else:
                     counts["kept"] += 1
                     continue
-                self._insert({**row, "finished_at": row.get("finished_at") or _now()})
+                self._insert(row)
         return counts
 
     def results(self, run: str | None = None, statuses: Iterable[str] | None = None) -> pd.DataFrame:

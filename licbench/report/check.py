@@ -166,18 +166,24 @@ def bd_rates(
     return pd.concat([table, extra], ignore_index=True) if len(extra) else table
 
 
+def dataset_size_if_partial(dataset: str, n_images: int) -> int | None:
+    """The number of images of ``dataset`` (what its published curves average) when ``n_images`` of
+    them are only part of it; None when they are all of it or the dataset is not a known one."""
+    source = KNOWN_DATASETS.get(dataset)
+    return source.image_count if source is not None and 0 < n_images < source.image_count else None
+
+
 def _flag_image_subsets(table: pd.DataFrame, curve: PublishedCurve) -> None:
     """Note, in place, every codec whose curve averages fewer images than the published curve, which
     averages its whole dataset: such a BD-rate compares different images and is indicative only."""
-    source = KNOWN_DATASETS.get(curve.dataset)
-    if source is None:
-        return
-    for index in table.index[table["n_images"].between(1, source.image_count - 1)]:
-        subset = (
-            f"{table.at[index, 'n_images']} of the {source.image_count} {curve.dataset} images against the "
-            f"published average of all {source.image_count}: indicative only"
-        )
-        table.at[index, "note"] = "; ".join(filter(None, [table.at[index, "note"], subset]))
+    for index in table.index:
+        total = dataset_size_if_partial(curve.dataset, int(table.at[index, "n_images"]))
+        if total is not None:
+            subset = (
+                f"{table.at[index, 'n_images']} of the {total} {curve.dataset} images against the "
+                f"published average of all {total}: indicative only"
+            )
+            table.at[index, "note"] = "; ".join(filter(None, [table.at[index, "note"], subset]))
 
 
 def _empty_rows(

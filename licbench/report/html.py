@@ -18,7 +18,6 @@ import jinja2
 import pandas as pd
 
 from licbench.bench.bd import average_curve
-from licbench.datasets import KNOWN_DATASETS
 from licbench.published import PublishedCurve, PublishedError
 from licbench.report.check import (
     DEFAULT_METRIC,
@@ -26,6 +25,7 @@ from licbench.report.check import (
     LEARNED_CODEC_KEYS,
     Anchor,
     bd_rates,
+    dataset_size_if_partial,
     is_learned,
     json_records,
     load_run,
@@ -132,12 +132,12 @@ def _vvenc_420(frame: pd.DataFrame, settings: dict[str, list[dict[str, Any]]]) -
 
 def _subset_warning(dataset: str, n_images: int, published: Sequence[PublishedCurve]) -> str | None:
     """Published curves average a whole dataset; a run over part of it is not like-for-like."""
-    source = KNOWN_DATASETS.get(dataset)
-    if not published or source is None or n_images >= source.image_count:
+    total = dataset_size_if_partial(dataset, n_images)
+    if not published or total is None:
         return None
     return (
-        f"This run covers {n_images} of the {source.image_count} {dataset} images, while the published curves "
-        f"average all {source.image_count}: comparisons with them are indicative only."
+        f"This run covers {n_images} of the {total} {dataset} images, while the published curves "
+        f"average all {total}: comparisons with them are indicative only."
     )
 
 
