@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from licbench import signals
 from licbench.store import DEFAULT_DB
 
 if TYPE_CHECKING:
@@ -348,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with signals.handling(signals.interrupt, (signal.SIGTERM,)):  # SIGTERM stops as Ctrl-C does
+            return args.func(args)
     except KeyboardInterrupt:
         print("licbench: interrupted; finished results are saved, run again to resume", file=sys.stderr)
         return 130

@@ -314,3 +314,35 @@ print(len(errors))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_takes_its_workers_and_their_tools_with_it(tmp_path, image_folder, stop):
+    """``kill`` (a batch system's or a user's SIGTERM) or Ctrl-C on a ``--jobs 2`` run: the run says it
+    was interrupted, keeps what it finished, and leaves no worker process or codec tool behind
+    (orphans would go on burning the cores, each up to its job's timeout)."""
+    import psutil  # the [test] extra has it (dask's dependency; listed there too)
+
+    db = tmp_path / "r.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(PLUGIN_DIR)}
+    cmd = [sys.executable, "-m", "licbench.cli", "--db", str(db), "run", "--codecs", "toy-quant,hanging",
+           "--rates", "hanging=8,9", "--timeout", "300", "--jobs", "2", "--dataset", str(image_folder), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    main = psutil.Process(proc.pid)
+
+    def hanging_tools() -> int:
+        return sum(p.name() == "sleep" for p in main.children(recursive=True))
+
+    deadline = time.monotonic() + 120  # both workers in a hanging job, toy-quant's 12 jobs stored
+    while time.monotonic() < deadline and not (hanging_tools() == 2 and _count(db) == 12):
+        time.sleep(0.2)
+    family = main.children(recursive=True)
+    assert hanging_tools() == 2 and _count(db) == 12, "the hanging codec's tools never started"
+    proc.send_signal(stop)  # to the main process only, as `kill PID` does
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; finished results are saved" in stderr
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    table = rows(db)
+    assert (table["codec"] == "toy-quant").sum() == 12 and (table["status"] == "ok").all()

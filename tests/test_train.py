@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,26 @@ def test_checkpoint_is_plain_data_with_history(straight_run: Path):
     assert [r["rate_index"] for r in final["val"]] == [0, 1]
     assert all(r["bpp"] > 0 and 0 < r["psnr"] < 60 for r in final["val"])
     assert not list(straight_run.parent.glob("*.tmp")), "temporary files left behind"
+
+
+def test_sigterm_finishes_the_step_saves_and_the_run_resumes(data_dir: Path, tmp_path: Path):
+    """``kill PID`` (a batch system's time limit) stops training as Ctrl-C does: the current step
+    ends, the checkpoint is saved at it, and --resume goes on from there."""
+    out = tmp_path / "killed.pt"
+    args = train_args(data_dir, out, "--steps", "100000", "--val-every", "100000", "--save-every", "100000")
+    proc = subprocess.Popen([sys.executable, "-m", "licbench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:  # the loop starts after the step-0 validation
+        if line.startswith("step 0 validation"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    stopped = load(out)
+    assert 1 <= stopped["step"] < 100000
+    assert f"stopped at step {stopped['step']} of 100000; checkpoint saved" in stdout
+    assert cli_main(["train", "--out", str(out), "--resume", "--steps", str(stopped["step"] + 1), "--no-progress"]) == 0
+    assert load(out)["step"] == stopped["step"] + 1
 
 
 def test_resume_after_stop_is_bitwise_equal_to_a_straight_run(data_dir: Path, straight_run: Path, tmp_path: Path):

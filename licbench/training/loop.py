@@ -33,8 +33,6 @@ import dataclasses
 import datetime
 import hashlib
 import random
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -45,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from licbench import signals
 from licbench.training.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -283,8 +282,8 @@ def train_step(
 
 
 class _StopRequest:
-    """Ctrl-C during training: the first one finishes the current step, saves and stops; a second
-    one interrupts at once."""
+    """Ctrl-C or SIGTERM during training: the first one finishes the current step, saves and stops;
+    a second one interrupts at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -298,14 +297,8 @@ class _StopRequest:
 @contextmanager
 def _graceful_interrupt() -> Iterator[_StopRequest]:
     stop = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
+    with signals.handling(stop.handle):
         yield stop
-        return
-    previous = signal.signal(signal.SIGINT, stop.handle)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
@@ -560,36 +553,38 @@ def train(
         generator=torch.Generator(),
         worker_init_fn=ignore_interrupts_in_worker,
     )
-    if step == 0 and not history:  # the starting point of the validation curve
-        validate_and_keep_best()
-    running: deque[dict[str, float]] = deque(maxlen=50)
-    out_of_time = False
-    with tqdm(total=settings.steps, initial=step, unit="step", disable=not settings.progress, dynamic_ncols=True) as bar, _graceful_interrupt() as stop:
-        for batch in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, settings)
-            rates = rate_indices(settings.seed, step, settings.batch_size, len(settings.lambdas)).to(device)
-            try:
-                stats = train_step(
-                    model, batch.to(device, non_blocking=True), rates, lambdas, optimizer, aux_optimizer,
-                    settings.metric, settings.clip,
-                )
-            except FloatingPointError as exc:
-                save()
-                raise RuntimeError(f"step {step + 1}: {exc}; the state before it is saved in {settings.out}") from None
-            step += 1
-            window.append(stats)
-            running.append(stats)
-            bar.update(1)
-            summary = _mean_stats(list(running))
-            bar.set_postfix(loss=f"{summary['loss']:.3f}", bpp=f"{summary['bpp']:.3f}", psnr=f"{summary['psnr']:.2f}")
-            if step % settings.val_every == 0 or step == settings.steps:
-                validate_and_keep_best()
-            out_of_time = deadline is not None and time.monotonic() >= deadline
-            if step % settings.save_every == 0 or step == end_step or stop.requested or out_of_time:
-                save()
-            if stop.requested or out_of_time:
-                break
+    # From here on a stop request (Ctrl-C, SIGTERM) ends the current step and saves it.
+    with _graceful_interrupt() as stop:
+        if step == 0 and not history:  # the starting point of the validation curve
+            validate_and_keep_best()
+        running: deque[dict[str, float]] = deque(maxlen=50)
+        out_of_time = False
+        with tqdm(total=settings.steps, initial=step, unit="step", disable=not settings.progress, dynamic_ncols=True) as bar:
+            for batch in loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, settings)
+                rates = rate_indices(settings.seed, step, settings.batch_size, len(settings.lambdas)).to(device)
+                try:
+                    stats = train_step(
+                        model, batch.to(device, non_blocking=True), rates, lambdas, optimizer, aux_optimizer,
+                        settings.metric, settings.clip,
+                    )
+                except FloatingPointError as exc:
+                    save()
+                    raise RuntimeError(f"step {step + 1}: {exc}; the state before it is saved in {settings.out}") from None
+                step += 1
+                window.append(stats)
+                running.append(stats)
+                bar.update(1)
+                summary = _mean_stats(list(running))
+                bar.set_postfix(loss=f"{summary['loss']:.3f}", bpp=f"{summary['bpp']:.3f}", psnr=f"{summary['psnr']:.2f}")
+                if step % settings.val_every == 0 or step == settings.steps:
+                    validate_and_keep_best()
+                out_of_time = deadline is not None and time.monotonic() >= deadline
+                if step % settings.save_every == 0 or step == end_step or stop.requested or out_of_time:
+                    save()
+                if stop.requested or out_of_time:
+                    break
     best = _best_entry(history)
     if best is not None:
         kept = best_checkpoint_path(settings.out)
