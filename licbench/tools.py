@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 from licbench.codecs.base import CodecError, CodecTimeout, CodecUnavailable
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what makes a tool get SIGKILL when the process that started it dies: a tool runs
+    in a session of its own (so that a timeout kills its whole group), which no group signal
+    reaches, and a worker process killed while it waits (a stopped run, the out-of-memory
+    killer) would leave it running, past every timeout, for nobody. Elsewhere, None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return set_parent_death_signal
+
+
+_PREEXEC = _die_with_parent()
 
 
 def run_tool(
@@ -27,6 +51,7 @@ def run_tool(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_PREEXEC,
         )
     except FileNotFoundError:
         raise CodecUnavailable(f"program not found: {args[0]}") from None

@@ -346,3 +346,22 @@ def test_a_stopped_run_takes_its_workers_and_their_tools_with_it(tmp_path, image
     assert not alive, [p.cmdline() for p in alive]
     table = rows(db)
     assert (table["codec"] == "toy-quant").sum() == 12 and (table["status"] == "ok").all()
+
+
+def test_a_codec_tool_dies_with_the_process_that_started_it(tmp_path):
+    """A worker killed outright (SIGKILL: the out-of-memory killer, or a pool killing its workers
+    while one of them starts its next job) takes the tool it was waiting on with it."""
+    import psutil
+
+    script = "from licbench.tools import run_tool; run_tool(['sleep', '3600'], timeout=3600)"
+    worker = subprocess.Popen([sys.executable, "-c", script])
+    parent = psutil.Process(worker.pid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not parent.children():
+        time.sleep(0.1)
+    (tool,) = parent.children()
+    assert tool.name() == "sleep"
+    worker.kill()
+    worker.wait()
+    _, alive = psutil.wait_procs([tool], timeout=10)
+    assert not alive, "the tool outlived the process that started it"
