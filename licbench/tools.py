@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +17,7 @@ from licbench.codecs.base import CodecError, CodecTimeout, CodecUnavailable
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def _die_with_parent() -> Callable[[int], None] | None:
     """On Linux, what makes a tool get SIGKILL when the process that started it dies: a tool runs
     in a session of its own (so that a timeout kills its whole group), which no group signal
     reaches, and a worker process killed while it waits (a stopped run, the out-of-memory
@@ -27,13 +27,15 @@ def _die_with_parent() -> Callable[[], None] | None:
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
-    def set_parent_death_signal() -> None:
+    def set_parent_death_signal(parent: int) -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: nobody will wait
+            os._exit(1)
 
     return set_parent_death_signal
 
 
-_PREEXEC = _die_with_parent()
+_DIE_WITH_PARENT = _die_with_parent()
 
 
 def run_tool(
@@ -51,7 +53,7 @@ def run_tool(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_PREEXEC,
+            preexec_fn=partial(_DIE_WITH_PARENT, os.getpid()) if _DIE_WITH_PARENT else None,
         )
     except FileNotFoundError:
         raise CodecUnavailable(f"program not found: {args[0]}") from None
