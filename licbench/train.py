@@ -131,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
         "--export", type=Path, metavar="CKPT",
-        help="instead of training: write the shippable model file --out from training checkpoint CKPT",
+        help="instead of training: write the shippable model file --out from training checkpoint CKPT "
+        "(an exported model file, e.g. a committed candidate, is copied as it is, with its training record)",
     )
     run.add_argument(
         "--export-check", type=int, default=1, metavar="K",

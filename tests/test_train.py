@@ -501,3 +501,32 @@ def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run:
     assert set(json.loads(index.read_text())["checkpoints"]) == {"tiny", "tiny-again"}
     with pytest.raises(ValueError, match="must be in the zoo folder"):
         record_in_zoo("elsewhere", {**exported, "path": str(straight_run)}, load(out), "", index=index)
+
+
+def test_an_exported_file_ships_as_it_is_with_its_own_training_record(straight_run: Path, tmp_path: Path):
+    """A committed candidate (an exported model file) goes into the zoo byte for byte: the zoo's
+    sha256 is the candidate's, and its record is the training that made it, not a re-export's."""
+    from licbench.models.zoo import record_in_zoo
+    from licbench.training.checkpoint import export_checkpoint, save_atomic
+
+    candidate = tmp_path / "candidate.pt"
+    export_checkpoint(straight_run, candidate, check_images=0)
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    shipped = zoo / "tiny.pt"
+    info = export_checkpoint(candidate, shipped, check_images=1, precision="float32")
+    assert shipped.read_bytes() == candidate.read_bytes()
+    assert info["sha256"] == hashlib.sha256(candidate.read_bytes()).hexdigest()
+    assert info["step"] == load(straight_run)["step"] and info["check"] == {"images": [], "copied_from": str(candidate)}
+    assert info["fp16_tensors"] > 0 and info["exact_tensors"] > 0  # its float16 export stands
+    entry = record_in_zoo("tiny", info, load(shipped), "", index=zoo / "zoo.json")
+    assert entry["training"]["steps"] == load(straight_run)["step"]
+    assert entry["training"]["held_out_validation"] == load(straight_run)["history"][-1]["val"]
+
+    # A model file whose weights do not fit its model is refused before anything is written.
+    broken = load(candidate)
+    broken["state_dict"].pop(next(iter(broken["state_dict"])))
+    save_atomic(broken, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="broken.pt: its weights do not fit its model"):
+        export_checkpoint(tmp_path / "broken.pt", zoo / "broken.pt")
+    assert not (zoo / "broken.pt").exists()

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -33,15 +34,15 @@ def _current_umask() -> int:
     return mask
 
 
-def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
-    """torch.save ``payload`` to ``path`` via a temporary file in the same folder and os.replace,
-    so a crash mid-write never leaves a truncated checkpoint behind."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` with ``write(file)`` via a temporary file in the same folder and os.replace,
+    so a crash mid-write never leaves a truncated file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file private (0600); give it the permissions of a normally created file.
@@ -50,6 +51,11 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
+    """torch.save ``payload`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -175,6 +181,9 @@ def export_checkpoint(
 
     The file has the model config, a :func:`shippable_state_dict` including the entropy coding
     tables (``model.update(force=True)`` is run first), the training record and history.
+    ``checkpoint`` may also be a file exported before (a committed candidate): it is copied byte
+    for byte, so what ships is what was measured, with its own training record, and
+    ``precision`` and ``check_images`` do not apply (its precision was chosen at its export).
     ``check_images`` (image paths, or a count K: the first K of the checkpoint's held-out
     validation images that still exist; 0 skips the check) measure what the ``precision``
     (:func:`shippable_state_dict`) costs: per rate point, bpp and PSNR with the float32 weights
@@ -186,8 +195,8 @@ def export_checkpoint(
     from licbench.training.evaluate import evaluate_images
 
     payload = load_checkpoint(checkpoint)
-    if payload["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint}: already an exported model file, not a training checkpoint")
+    if payload["format"] == MODEL_FORMAT:
+        return _copy_model_file(Path(checkpoint), payload, Path(out))
     model = build_from_payload(payload).eval()
     model.update(force=True)
     state_dict, halved = shippable_state_dict(model, precision)
@@ -216,11 +225,31 @@ def export_checkpoint(
         check["shipped"] = shipped
         check["max_abs_delta_bpp"] = max(abs(a["bpp"] - b["bpp"]) for a, b in zip(full, shipped))
         check["max_abs_delta_psnr"] = max(abs(a["psnr"] - b["psnr"]) for a, b in zip(full, shipped))
+    return _describe_model_file(Path(out), payload["step"], state_dict, halved, check)
+
+
+def _copy_model_file(model_file: Path, payload: dict[str, Any], out: Path) -> dict[str, Any]:
+    """export_checkpoint's result for an exported model file copied to ``out`` as it is."""
+    try:  # refuse a file whose weights do not fit its model before shipping it
+        build_from_payload(payload)
+    except RuntimeError as exc:
+        raise ValueError(f"{model_file}: its weights do not fit its model ({str(exc).strip().splitlines()[0]})") from None
+    if model_file.resolve() != out.resolve():
+        with model_file.open("rb") as source:
+            write_atomic(out, lambda f: shutil.copyfileobj(source, f))
+    state_dict = payload["state_dict"]
+    halved = [name for name, tensor in state_dict.items() if tensor.dtype == torch.float16]
+    return _describe_model_file(out, payload["step"], state_dict, halved, {"images": [], "copied_from": str(model_file)})
+
+
+def _describe_model_file(
+    out: Path, step: int, state_dict: dict[str, torch.Tensor], halved: list[str], check: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "path": str(out),
         "sha256": file_digest(out),
-        "bytes": Path(out).stat().st_size,
-        "step": payload["step"],
+        "bytes": out.stat().st_size,
+        "step": step,
         "fp16_tensors": len(halved),
         "exact_tensors": len(state_dict) - len(halved),
         "check": check,
