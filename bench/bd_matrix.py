@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from licbench.bench.bd import average_curve
-from licbench.report.check import OK, bd_rates, load_run, resolve_anchor
+from licbench.report.check import OK, bd_rates, load_run, resolve_anchor, superseded_note
 
 
 def rd_table(frame: pd.DataFrame, codecs: list[str], metric: str) -> str:
@@ -76,6 +76,8 @@ def main() -> None:
     codecs = args.codecs.split(",") if args.codecs else sorted(frame["codec"].unique())
     anchors = args.anchors.split(",")
     print(f"run {args.run!r}, dataset {info['dataset']}, {frame['image'].nunique()} images, metric {args.metric}\n")
+    if note := superseded_note(info):
+        print(f"Note: {note}.\n")
     run_anchors = [a for a in anchors if a in set(frame["codec"]) and a not in codecs]
     print(rd_table(frame, codecs + run_anchors, args.metric))
     print()

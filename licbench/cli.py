@@ -99,7 +99,9 @@ def _run(args: argparse.Namespace, cluster: Client | None) -> int:
         )
         elapsed = time.perf_counter() - start
         frame = store.results(run_name)
-    frame = frame[frame["codec"].isin([p.spec for p in plans])]
+    # This run's codecs as planned: rows of a codec's older settings (other weights, another build) are not its results.
+    planned = frame.set_index(["codec", "settings_hash"]).index.isin([(p.spec, p.settings_hash) for p in plans])
+    frame = frame[planned]
     with _wide_pandas():
         print(summary_table(frame).to_string(index=False))
     print(

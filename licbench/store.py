@@ -56,6 +56,23 @@ RESULT_COLUMNS: dict[str, str] = {
 KEY = ("run", "dataset", "image", "codec", "settings_hash", "rate")
 
 
+def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows of each codec's newest settings, and per codec how many rows of older ones it drops.
+
+    A codec spec ("msp") keeps its name when what stands behind it changes (new shipped weights,
+    another encoder build): its settings hash changes, so a re-run computes it afresh, and the old
+    rows stay in the run beside the new ones. Averaging both would describe neither, so analyses
+    take, per codec, the settings whose latest row finished last.
+    """
+    if frame.empty:
+        return frame, {}
+    newest = frame.groupby(["codec", "settings_hash"])["finished_at"].max().reset_index()
+    newest = newest.sort_values("finished_at").drop_duplicates("codec", keep="last")
+    keep = frame.set_index(["codec", "settings_hash"]).index.isin(newest.set_index(["codec", "settings_hash"]).index)
+    dropped = frame.loc[~keep, "codec"].value_counts()
+    return frame[keep], {str(codec): int(count) for codec, count in dropped.items()}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

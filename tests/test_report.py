@@ -223,6 +223,35 @@ def test_timings_from_several_hosts_are_flagged(small, tmp_path):
     assert "2 hosts" in note.group(1) and "other-host: 8" in note.group(1)
 
 
+def test_rows_of_a_codecs_older_settings_are_left_out_and_said(small, tmp_path, capsys):
+    """New weights or another build keep a codec's name but change its settings hash; a re-run
+    computes the rows afresh and the old ones stay in the run. Analyses take the newest settings
+    only: averaging both would describe neither."""
+    assert 'id="superseded-note"' not in small.html
+    db = tmp_path / "rerun.sqlite"
+    shutil.copy(small.db, db)
+    with ResultStore(db) as store:
+        older = store.results("small")
+        older = older[older["codec"] == "webp"].assign(
+            settings_hash="0lder", finished_at="2026-01-01T00:00:00+00:00", bpp=lambda rows: rows["bpp"] * 3
+        )
+        assert store.merge_rows(older)["added"] == len(older) == 12
+    html = write_report(db, "small", None, tmp_path / "report").read_text()
+    note = re.search(r'id="superseded-note">([^<]*)<', html)
+    assert note and "(webp 12)" in unescape(note.group(1))
+    assert Page(html).rows_by_first_cell("bd-1-psnr-rgb") == small.page.rows_by_first_cell("bd-1-psnr-rgb")
+    # The check and the CI baseline see the same rows, and say what they left out.
+    capsys.readouterr()
+    assert main(["--db", str(db), "check", "--baseline", str(tmp_path / "b.json"), "--update", "--run", "small"]) == 0
+    assert "NOTE rows of older settings left out (webp 12)" in capsys.readouterr().out
+    # Had the older rows finished last, they would be the ones used.
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE results SET finished_at = '2099-01-01T00:00:00+00:00' WHERE settings_hash = '0lder'")
+    html = write_report(db, "small", None, tmp_path / "report").read_text()
+    assert "(webp 12)" in unescape(re.search(r'id="superseded-note">([^<]*)<', html).group(1))
+    assert Page(html).rows_by_first_cell("bd-1-psnr-rgb")["webp"] != small.page.rows_by_first_cell("bd-1-psnr-rgb")["webp"]
+
+
 def test_report_with_another_anchor_and_bad_anchors(small, tmp_path, capsys):
     out = tmp_path / "webp-anchored"
     assert main(["--db", str(small.db), "report", "small", "--anchor", "webp", "--output", str(out)]) == 0

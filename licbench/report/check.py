@@ -32,7 +32,7 @@ from licbench.codecs.base import parse_codec_spec
 from licbench.datasets.catalogue import KNOWN_DATASETS
 from licbench.provenance import git_revision
 from licbench.published import DATASETS, PublishedCurve, PublishedError, load_published
-from licbench.store import OK, ResultStore
+from licbench.store import OK, ResultStore, current_settings_rows
 
 PUBLISHED_PREFIX = "published:"
 # VTM 18.0 all-intra 4:4:4 is the reference "VVC" anchor wherever a published curve exists.
@@ -336,7 +336,9 @@ def _now() -> str:
 
 
 def load_run(db_path: str | Path, run: str) -> tuple[dict, pd.DataFrame]:
-    """(run info, result rows) of ``run``; a clear CheckError when the database or rows are missing."""
+    """(run info, result rows) of ``run``, each codec's newest settings only
+    (:func:`current_settings_rows`; ``info["superseded_rows"]`` counts the rows left out per codec);
+    a clear CheckError when the database or rows are missing."""
     if not Path(db_path).is_file():
         raise CheckError(f"results database {db_path} does not exist")
     with ResultStore(db_path) as store:
@@ -344,7 +346,20 @@ def load_run(db_path: str | Path, run: str) -> tuple[dict, pd.DataFrame]:
         frame = store.results(run)
     if frame.empty:
         raise CheckError(f"run {run!r} in {db_path} has no results")
-    return info, frame
+    frame, superseded = current_settings_rows(frame)
+    return {**info, "superseded_rows": superseded}, frame
+
+
+def superseded_note(info: dict[str, Any]) -> str | None:
+    """What :func:`load_run` left out, in words, or None."""
+    rows = info.get("superseded_rows") or {}
+    if not rows:
+        return None
+    counts = ", ".join(f"{codec} {count}" for codec, count in sorted(rows.items()))
+    return (
+        f"rows of older settings left out ({counts}): the codec changed behind its name (new weights, "
+        "another build) and was run again; each codec's newest settings are used"
+    )
 
 
 def run_check(db_path: Path, args: argparse.Namespace) -> int:
@@ -390,6 +405,8 @@ def run_check(db_path: Path, args: argparse.Namespace) -> int:
     }
     history = history_path(baseline_path, args.history)
     print(f"run {run!r} ({dataset}), anchor {anchor.label}, BD-rate on {metric} ({method}, {aggregation})")
+    if note := superseded_note(info):
+        print(f"NOTE {note}")
 
     if args.update:
         baseline = {

@@ -32,6 +32,7 @@ from licbench.report.check import (
     published_for_dataset,
     read_history,
     resolve_anchor,
+    superseded_note,
 )
 from licbench.report.plots import PUBLISHED_COLOURS, Series, colour_map, history_plot, rd_plot
 from licbench.store import OK
@@ -398,6 +399,7 @@ def render_report(
         "anchor_is_default": anchor_request is None,
         "vvenc_420": _vvenc_420(frame, settings),
         "subset_warning": _subset_warning(dataset, frame["image"].nunique(), published),
+        "superseded_note": superseded_note(info),
         "published": [
             {"name": c.name, "id": c.id, "source": c.provenance.get("source", "not recorded"),
              "notes": c.provenance.get("notes", "")}
