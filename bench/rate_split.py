@@ -9,6 +9,8 @@ reconstructs), not written bitstreams: those are within about 1-2 % (tests/test_
 ``--as-trained`` gives the same table for the values training optimises instead (train mode:
 likelihoods of y + uniform noise, one draw, seeded): the gap between the two tables per scale is
 the part of the rate that training does not see.
+Each rate point also gets the PSNR of g_s on the latent NOT quantized (the transforms' ceiling): when
+the decoded PSNR is close to it, quantization is not what limits the quality, the transforms are.
 
     python bench/rate_split.py                                   # msp-base-small, hyperprior-small
     python bench/rate_split.py --models msp-extra-small,checkerboard-small --images 24
@@ -44,11 +46,15 @@ def scale_of_positions(height: int, width: int, scales: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rate_split(model: torch.nn.Module, pixels: torch.Tensor, rate_index: int) -> tuple[dict[str, float], float]:
-    """({component: bits per pixel}, PSNR-RGB in dB) of one image (1 x 3 x H x W in [0, 1]) at one
-    rate point."""
+def rate_split(
+    model: torch.nn.Module, pixels: torch.Tensor, rate_index: int
+) -> tuple[dict[str, float], float, float]:
+    """({component: bits per pixel}, PSNR-RGB in dB, PSNR-RGB of the unquantized latent) of one
+    image (1 x 3 x H x W in [0, 1]) at one rate point."""
     height, width = pixels.shape[-2:]
-    out = model(pad_to_multiple(pixels, model.stride), rate_index)
+    padded = pad_to_multiple(pixels, model.stride)
+    out = model(padded, rate_index)
+    unquantized = model.reconstruct(model.analyze(padded, rate_index), rate_index)
     split: dict[str, float] = {}
     profile = getattr(model.latent_codec, "profile", None)
     for name, likelihoods in out["likelihoods"].items():
@@ -60,7 +66,10 @@ def rate_split(model: torch.nn.Module, pixels: torch.Tensor, rate_index: int) ->
                 split[f"y{scale} ({part})"] = float(bits[level == scale].sum()) / (height * width)
         else:
             split[name] = float(bits.sum()) / (height * width)
-    return split, psnr(F.mse_loss(out["x_hat"].clamp(0, 1)[..., :height, :width], pixels).item())
+    def image_psnr(x_hat: torch.Tensor) -> float:
+        return psnr(F.mse_loss(x_hat.clamp(0, 1)[..., :height, :width], pixels).item())
+
+    return split, image_psnr(out["x_hat"]), image_psnr(unquantized)
 
 
 def main() -> None:
@@ -84,15 +93,19 @@ def main() -> None:
         print(f"\n{name} (sha256 {digest[:12]})")
         for rate_index in range(model.n_rates):
             totals: dict[str, float] = {}
-            psnrs = []
+            psnrs, ceilings = [], []
             for image in images:
-                split, psnr = rate_split(model, image, rate_index)
+                split, psnr, ceiling = rate_split(model, image, rate_index)
                 for part, bpp in split.items():
                     totals[part] = totals.get(part, 0.0) + bpp / len(images)
                 psnrs.append(psnr)
+                ceilings.append(ceiling)
             total = sum(totals.values())
             parts = "  ".join(f"{part} {bpp:.4f} ({100 * bpp / total:.0f} %)" for part, bpp in totals.items())
-            print(f"  rate {rate_index}: {total:.4f} bpp {sum(psnrs) / len(psnrs):.2f} dB  {parts}")
+            print(
+                f"  rate {rate_index}: {total:.4f} bpp {sum(psnrs) / len(psnrs):.2f} dB"
+                f" (unquantized latent {sum(ceilings) / len(ceilings):.2f} dB)  {parts}"
+            )
 
 
 if __name__ == "__main__":
