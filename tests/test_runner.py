@@ -327,7 +327,10 @@ def test_a_stopped_run_takes_its_workers_and_their_tools_with_it(tmp_path, image
     env = {**os.environ, "PYTHONPATH": str(PLUGIN_DIR)}
     cmd = [sys.executable, "-m", "licbench.cli", "--db", str(db), "run", "--codecs", "toy-quant,hanging",
            "--rates", "hanging=8,9", "--timeout", "300", "--jobs", "2", "--dataset", str(image_folder), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell starts background commands (`cmd &`, `nohup`) with SIGINT ignored, and Python then
+    # keeps ignoring Ctrl-C; the run is started here as from a terminal, where Ctrl-C reaches it.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     main = psutil.Process(proc.pid)
 
     def hanging_tools() -> int:
