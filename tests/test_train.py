@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,6 +317,11 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
 ):
     source, target, result = carry(data_dir, straight_run, moved_run, tmp_path / "carried.pt", 2)
     assert result["training"]["settings"]["init_probability"] == str(straight_run.resolve())
+    # ...and by content, which a record read on another machine can check.
+    assert result["training"]["init_sha256"] == {
+        "init": hashlib.sha256(moved_run.read_bytes()).hexdigest(),
+        "init_probability": hashlib.sha256(straight_run.read_bytes()).hexdigest(),
+    }
     transforms = transform_keys(build_from_payload(source))
     assert any(not torch.equal(target["state_dict"][k], source["state_dict"][k]) for k in transforms)
     for key in transforms:  # frozen: still --init's
@@ -328,6 +334,22 @@ def test_init_probability_carries_a_trained_probability_model_onto_other_transfo
     assert held_out_loss(result["history"][0]) != pytest.approx(held_out_loss(target["history"][-1]), rel=1e-4)
     # ...and the probability model trained from there.
     assert any(not torch.equal(result["state_dict"][k], v) for k, v in source["state_dict"].items() if k not in transforms)
+
+
+def test_a_resumed_run_keeps_the_digests_of_the_files_it_started_from(
+    data_dir: Path, straight_run: Path, moved_run: Path, tmp_path: Path
+):
+    init = tmp_path / "init.pt"
+    shutil.copyfile(moved_run, init)
+    out = tmp_path / "carried.pt"
+    extra = ["--init", str(init), "--init-probability", str(straight_run), "--freeze-transforms", "--steps", "2", "--stop-at", "1"]
+    assert cli_main(train_args(data_dir, out, *extra)) == 0
+    started_from = load(out)["training"]["init_sha256"]
+    assert started_from["init"] == hashlib.sha256(moved_run.read_bytes()).hexdigest()
+    init.unlink()  # a resumed run needs its checkpoint only
+    assert cli_main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    resumed = load(out)
+    assert resumed["step"] == 2 and resumed["training"]["init_sha256"] == started_from
 
 
 def test_zero_steps_assembles_validates_and_saves_the_init_parts(
@@ -495,6 +517,7 @@ def test_record_in_zoo_pins_the_file_and_keeps_the_training_record(straight_run:
     # Where the weights came from is part of the record (none here: trained from scratch).
     settings = entry["training"]["settings"]
     assert settings["init"] is None and settings["init_probability"] is None and settings["init_whole"] is False
+    assert entry["training"]["init_sha256"] == {}
     assert settings["model_options"] == load(straight_run)["training"]["settings"]["model_options"] != {}
     # A second entry keeps the first; a file outside the zoo folder is refused.
     record_in_zoo("tiny-again", exported, load(out), "", index=index)

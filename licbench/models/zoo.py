@@ -81,6 +81,7 @@ def training_summary(payload: dict[str, Any]) -> dict[str, Any]:
                         "train_synthesis_only", "model_options")
             if key in training["settings"]
         },
+        "init_sha256": training.get("init_sha256", {}),
         "sessions": [
             {
                 "steps": f"{session['start_step']}..{session.get('end_step')}",

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from licbench import signals
+from licbench.digest import file_digest
 from licbench.training.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -447,7 +448,13 @@ def train(
         "elapsed_s": 0.0,
         "sessions": [],
     }
-    if resume_payload is not None:
+    if resume_payload is None:
+        # The settings name the --init files by path, which only this machine can resolve; their
+        # digests say which weights a run started from wherever the record is read.
+        training["init_sha256"] = {
+            name: file_digest(getattr(settings, name)) for name in ("init", "init_probability") if getattr(settings, name)
+        }
+    else:
         model.load_state_dict(resume_payload["state_dict"])
         optimizer.load_state_dict(resume_payload["optimizer"])
         if aux_optimizer is not None:
@@ -456,6 +463,9 @@ def train(
         step, history, window = resume_payload["step"], resume_payload["history"], resume_payload["window"]
         training["elapsed_s"] = resume_payload["training"]["elapsed_s"]
         training["sessions"] = resume_payload["training"]["sessions"]
+        # Those of the files the run started from, not of whatever now sits at their paths (or
+        # nothing: a resumed run does not read them); checkpoints older than the record have none.
+        training["init_sha256"] = resume_payload["training"].get("init_sha256", {})
     session = {
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "start_step": step,
