@@ -75,11 +75,12 @@ def _run(args: argparse.Namespace, cluster: Client | None) -> int:
         described = cluster_description(cluster)
         timing.update(cluster=described, jobs=sum(w["threads"] for w in described["workers"].values()))
     with ResultStore(_db_path(args)) as store:
-        store.save_run(
+        store.record_invocation(
             run_name,
             dataset.name,
             provenance(
                 {
+                    "argv": args.command_line,
                     "dataset": {"name": dataset.name, "images": [p.name for p in dataset.files]},
                     "codecs": {p.spec: {"version": p.version, "settings": p.settings} for p in plans},
                     "timing": timing,
@@ -351,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # What the provenance records as the command: these arguments, also when main() is called
+    # from Python, where sys.argv is the caller's.
+    args.command_line = ["licbench", *(sys.argv[1:] if argv is None else argv)]
     try:
         with signals.handling(signals.interrupt, (signal.SIGTERM,)):  # SIGTERM stops as Ctrl-C does
             return args.func(args)

@@ -80,6 +80,5 @@ def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "packages": _package_versions(
             ("numpy", "pillow", "imageio-ffmpeg", "torch", "compressai", "pytorch-msssim", "scipy", "pandas")
         ),
-        "argv": sys.argv,
         **(extra or {}),
     }

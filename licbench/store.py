@@ -104,7 +104,8 @@ class ResultStore:
         self.close()
 
     def save_run(self, name: str, dataset: str, provenance: dict[str, Any]) -> None:
-        """Create the run or refresh its provenance (a resumed run records its latest invocation)."""
+        """Create the run or replace its provenance as given (``record_invocation`` adds a ``licbench
+        run`` to what is there)."""
         now = _now()
         with self._conn:
             self._conn.execute(
@@ -113,6 +114,23 @@ class ResultStore:
                 " provenance=excluded.provenance",
                 (name, now, now, dataset, json.dumps(provenance, sort_keys=True, default=str)),
             )
+
+    def record_invocation(self, name: str, dataset: str, invocation: dict[str, Any]) -> None:
+        """Record one ``licbench run`` of ``name``: ``invocation`` (its provenance), stamped with the
+        time (``invoked_utc``), becomes the run's, which keeps the provenance of every earlier
+        invocation (``earlier_invocations``, oldest first) and the run's imports, because the rows
+        each of them computed stay in the run."""
+        invocation = {**invocation, "invoked_utc": _now()}
+        try:
+            earlier = self.run_info(name)["provenance"]
+        except KeyError:
+            earlier = None
+        if earlier is not None:
+            imports = earlier.pop("imports", None)
+            invocation["earlier_invocations"] = earlier.pop("earlier_invocations", []) + [earlier]
+            if imports:
+                invocation["imports"] = imports
+        self.save_run(name, dataset, invocation)
 
     def run_info(self, name: str) -> dict[str, Any]:
         row = self._conn.execute(

@@ -22,6 +22,7 @@ from PIL import Image
 from conftest import SHARED, kodak_image
 from licbench.bench.bd import bd_table
 from licbench.cli import main
+from licbench.provenance import git_revision
 from licbench.report.html import write_report
 from licbench.store import OK, ResultStore
 
@@ -221,6 +222,20 @@ def test_timings_from_several_hosts_are_flagged(small, tmp_path):
     note = re.search(r'id="hosts-note">([^<]*)<', write_report(db, "small", None, tmp_path / "report").read_text())
     assert note, "a run timed on two hosts must say so"
     assert "2 hosts" in note.group(1) and "other-host: 8" in note.group(1)
+
+
+def test_every_invocation_of_a_run_is_listed_with_its_revision_and_command(small, tmp_path):
+    assert 'id="invocations"' not in small.html  # one invocation: the header says it all
+    db = tmp_path / "twice.sqlite"
+    shutil.copy(small.db, db)
+    # A second invocation with one codec: nothing left to compute, but it is part of the run's record.
+    assert run_codecs(db, "small", small.root / "crops", "webp", ("webp=5,30,70,92",)) == 0
+    page = Page(write_report(db, "small", None, tmp_path / "report").read_text())
+    invocations = page.tables["invocations"]
+    assert len(invocations) == 2
+    assert "jpeg,webp,vvenc:preset=faster" in invocations[0][3] and "--codecs webp " in invocations[1][3]
+    assert all(row[1] == git_revision() for row in invocations)
+    assert invocations[0][0] <= invocations[1][0]
 
 
 def test_rows_of_a_codecs_older_settings_are_left_out_and_said(small, tmp_path, capsys):

@@ -173,6 +173,12 @@ def test_import_carries_another_machines_rows_and_keeps_what_is_here(tmp_path, i
     # the same settings hash: a run here treats the imported jobs as done
     again = licbench_cli(*run, "--run", "exp", db=here)
     assert again.returncode == 0 and "6 already done, 0 to run" in again.stderr
+    # ...and records its invocation beside the earlier one and the import, which it keeps
+    with sqlite3.connect(here) as conn:
+        provenance = json.loads(conn.execute("SELECT provenance FROM runs WHERE name = 'exp'").fetchone()[0])
+    assert provenance["imports"][0]["rows"] == 6 and provenance["invoked_utc"]
+    (first,) = provenance["earlier_invocations"]
+    assert "--images" in first["argv"] and "--images" not in provenance["argv"] and "imports" not in first
     twice = licbench_cli("import", str(out), db=here)
     assert "0 rows added, 0 failed rows replaced, 6 kept" in twice.stdout and len(rows(here)) == 6
 

@@ -368,6 +368,20 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _invocations(provenance: dict[str, Any]) -> list[dict[str, str]]:
+    """Every ``licbench run`` that computed rows of the run, oldest first: when, which revision,
+    on which host, and the command (runs recorded before invocations were kept list the last only)."""
+    return [
+        {
+            "when": invocation.get("invoked_utc", "not recorded"),
+            "git_revision": invocation.get("git_revision", "unknown"),
+            "host": invocation.get("machine", {}).get("host", "unknown"),
+            "argv": " ".join(str(a) for a in invocation.get("argv", [])),
+        }
+        for invocation in [*provenance.get("earlier_invocations", []), provenance]
+    ]
+
+
 def render_report(
     frame: pd.DataFrame, info: dict[str, Any], anchor_request: str | None, history_files: Sequence[Path] = ()
 ) -> str:
@@ -415,6 +429,7 @@ def render_report(
         "machine_json": json.dumps(machine, indent=2, sort_keys=True),
         "packages_json": json.dumps(provenance.get("packages", {}), indent=2, sort_keys=True),
         "argv": " ".join(str(a) for a in provenance.get("argv", [])),
+        "invocations": _invocations(provenance),
         "licbench_version": provenance.get("licbench", "unknown"),
         "history": _history(info["name"], list(history_files), colours),
     }
