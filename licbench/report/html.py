@@ -396,6 +396,7 @@ def render_report(
     provenance = info["provenance"]
     machine = provenance.get("machine", {})
     per_codec, per_rate = _complexity(frame, ok)
+    invocations = _invocations(provenance)
     failed = frame[frame["status"] != OK]
     context = {
         "run": info["name"],
@@ -428,8 +429,7 @@ def render_report(
         "codec_provenance": _codec_provenance(frame, settings),
         "machine_json": json.dumps(machine, indent=2, sort_keys=True),
         "packages_json": json.dumps(provenance.get("packages", {}), indent=2, sort_keys=True),
-        "argv": " ".join(str(a) for a in provenance.get("argv", [])),
-        "invocations": _invocations(provenance),
+        "invocations": invocations,
         "licbench_version": provenance.get("licbench", "unknown"),
         "history": _history(info["name"], list(history_files), colours),
     }
