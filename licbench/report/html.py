@@ -396,7 +396,6 @@ def render_report(
     provenance = info["provenance"]
     machine = provenance.get("machine", {})
     per_codec, per_rate = _complexity(frame, ok)
-    invocations = _invocations(provenance)
     failed = frame[frame["status"] != OK]
     context = {
         "run": info["name"],
@@ -407,7 +406,6 @@ def render_report(
         "codecs": codecs,
         "created": info.get("created"),
         "updated": info.get("updated"),
-        "git_revision": provenance.get("git_revision", "unknown"),
         "machine": _machine_text(machine),
         "timing": provenance.get("timing", {}),
         "anchor": anchor,
@@ -429,7 +427,7 @@ def render_report(
         "codec_provenance": _codec_provenance(frame, settings),
         "machine_json": json.dumps(machine, indent=2, sort_keys=True),
         "packages_json": json.dumps(provenance.get("packages", {}), indent=2, sort_keys=True),
-        "invocations": invocations,
+        "invocations": _invocations(provenance),
         "licbench_version": provenance.get("licbench", "unknown"),
         "history": _history(info["name"], list(history_files), colours),
     }
