@@ -365,8 +365,9 @@ def test_a_codec_tool_dies_with_the_process_that_started_it(tmp_path):
     script = "from licbench.tools import run_tool; run_tool(['sleep', '3600'], timeout=3600)"
     worker = subprocess.Popen([sys.executable, "-c", script])
     parent = psutil.Process(worker.pid)
+    # The child shows up between fork and exec with the parent's name: wait for the exec as well.
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not parent.children():
+    while time.monotonic() < deadline and not any(p.name() == "sleep" for p in parent.children()):
         time.sleep(0.1)
     (tool,) = parent.children()
     assert tool.name() == "sleep"
