@@ -120,17 +120,24 @@ def _wide_pandas():
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from licbench.store import ResultStore
+    from licbench.report.check import superseded_note
+    from licbench.store import ResultStore, current_settings_rows, provenance_of_rows
 
     with ResultStore(_db_path(args)) as store:
         info = store.run_info(args.run)
         frame = store.results(args.run)
+    if args.current:
+        frame, superseded = current_settings_rows(frame)
+        info["provenance"], invocations_left_out = provenance_of_rows(info["provenance"], frame)
+        note = superseded_note({"superseded_rows": superseded}) or "no rows of older settings"
+        print(f"{note}; {invocations_left_out} invocations that computed none of the rows kept left out of the provenance")
     out = Path(args.output)
     fmt = _table_format(out, args.format)
     if fmt == "csv":
         frame.to_csv(out, index=False)
-    elif fmt == "json":
-        frame.to_json(out, orient="records", indent=1)
+    elif fmt == "json":  # Python's float repr, which reads back exactly (pandas' to_json keeps 15 digits at most)
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        out.write_text(json.dumps(records, indent=1) + "\n")
     else:
         frame.to_parquet(out, index=False)
     record = _run_record_path(out)
@@ -161,11 +168,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise SystemExit(f"licbench: {source}: no such file")
     fmt = _table_format(source, args.format)
-    # text columns stay text (a settings hash of digits alone is no number), dates stay strings
+    # text columns stay text (a settings hash of digits alone is no number), dates stay strings,
+    # numbers come back as the exact floats that were written
     text = {name: str for name, kind in RESULT_COLUMNS.items() if kind.startswith("TEXT")}
     readers = {
-        "csv": lambda path: pd.read_csv(path, dtype=text),
-        "json": lambda path: pd.read_json(path, orient="records", dtype=False, convert_dates=False),
+        "csv": lambda path: pd.read_csv(path, dtype=text, float_precision="round_trip"),
+        "json": lambda path: pd.read_json(path, orient="records", dtype=False, convert_dates=False, precise_float=True),
         "parquet": pd.read_parquet,
     }
     try:
@@ -318,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run")
     export.add_argument("output")
     export.add_argument("--format", choices=["csv", "json", "parquet"])
+    export.add_argument(
+        "--current",
+        action="store_true",
+        help="only each codec's newest settings (the rows that report, check and BD-rates use) and, in the "
+        "provenance, the invocations that computed them",
+    )
     export.set_defaults(func=cmd_export)
 
     merge = sub.add_parser(

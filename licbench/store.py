@@ -6,6 +6,7 @@ in flight and a re-run skips what is already there (the UNIQUE key makes duplica
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from datetime import datetime, timezone
@@ -56,6 +57,12 @@ RESULT_COLUMNS: dict[str, str] = {
 KEY = ("run", "dataset", "image", "codec", "settings_hash", "rate")
 
 
+def hash_settings(settings: dict[str, Any]) -> str:
+    """The hash of a codec's recorded settings (its version included) that keys its rows: the same
+    for the settings as a run's provenance records them (JSON), so that an invocation can be matched
+    with the rows it computed."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The rows of each codec's newest settings, and per codec how many rows of older ones it drops.
 
@@ -71,6 +78,30 @@ def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     keep = frame.set_index(["codec", "settings_hash"]).index.isin(newest.set_index(["codec", "settings_hash"]).index)
     dropped = frame.loc[~keep, "codec"].value_counts()
     return frame[keep], {str(codec): int(count) for codec, count in dropped.items()}
+
+
+def provenance_of_rows(provenance: dict[str, Any], rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
+    """A run's provenance cut down to the invocations that ran codec settings found in ``rows`` (shaped as
+    ``record_invocation`` keeps them: the newest, with the others as ``earlier_invocations``), and
+    how many invocations it left out.
+
+    A run keeps every invocation because each one's rows stay in it; once rows are left out
+    (``current_settings_rows``), an invocation that computed only those describes nothing that is
+    there. An invocation without a record of its codecs cannot be matched and is kept, as are
+    the run's imports."""
+    produced = set(zip(rows["codec"], rows["settings_hash"]))
+    latest = {key: value for key, value in provenance.items() if key not in ("earlier_invocations", "imports")}
+    invocations = [*provenance.get("earlier_invocations", []), *([latest] if latest else [])]
+
+    def computed_some_of_rows(invocation: dict[str, Any]) -> bool:
+        codecs = invocation.get("codecs")
+        return codecs is None or any((spec, hash_settings(c["settings"])) in produced for spec, c in codecs.items())
+
+    kept = [invocation for invocation in invocations if computed_some_of_rows(invocation)]
+    result = {**kept[-1], "earlier_invocations": kept[:-1]} if kept else {}
+    if provenance.get("imports"):
+        result["imports"] = provenance["imports"]
+    return result, len(invocations) - len(kept)
 
 
 def _now() -> str:

@@ -142,6 +142,36 @@ def test_export(tmp_path, image_folder, fmt):
     assert frame["psnr_rgb"].notna().all()
 
 
+def test_export_current_keeps_the_newest_settings_and_the_invocations_that_ran_them(tmp_path, image_folder, monkeypatch):
+    """A codec re-run under its name after a change (new weights, another build) leaves its old rows
+    in the run; ``--current`` exports what the analyses use, with the provenance of those rows only."""
+    db = tmp_path / "r.sqlite"
+    run = ("run", "--rates", "toy-quant=8,16", "--dataset", str(image_folder), "--run", "exp", "--no-progress")
+    assert licbench_cli(*run, "--codecs", "toy-quant", db=db).returncode == 0
+    monkeypatch.setenv("TOY_QUANT_BUILD", "2")
+    rebuilt = licbench_cli(*run, "--codecs", "toy-quant,toy-quant:level=1", db=db)
+    assert rebuilt.returncode == 0 and "18 jobs, 0 already done" in rebuilt.stderr  # 6 + 12 (default rates)
+
+    everything, current = tmp_path / "all.csv", tmp_path / "current.csv"
+    assert licbench_cli("export", "exp", str(everything), db=db).returncode == 0
+    result = licbench_cli("export", "exp", str(current), "--current", db=db)
+    assert result.returncode == 0, result.stderr
+    assert "rows of older settings left out (toy-quant 6)" in result.stdout and "1 invocations" in result.stdout
+    assert len(pd.read_csv(everything)) == 6 + 18
+    rows_kept = pd.read_csv(current)
+    assert len(rows_kept) == 18 and rows_kept["codec_version"].str.contains("build2").all()
+    full = json.loads(Path(f"{everything}.run.json").read_text())["provenance"]
+    kept = json.loads(Path(f"{current}.run.json").read_text())["provenance"]
+    assert len(full["earlier_invocations"]) == 1 and kept["earlier_invocations"] == []
+    assert kept["argv"] == full["argv"] and "toy-quant:level=1" in kept["codecs"]
+
+    # the current rows are what a fresh store needs to skip the jobs already done
+    fresh = tmp_path / "fresh.sqlite"
+    assert licbench_cli("import", str(current), db=fresh).returncode == 0
+    again = licbench_cli(*run, "--codecs", "toy-quant,toy-quant:level=1", db=fresh)
+    assert again.returncode == 0 and "18 already done, 0 to run" in again.stderr
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
 def test_import_carries_another_machines_rows_and_keeps_what_is_here(tmp_path, image_folder, fmt):
     elsewhere, here = tmp_path / "elsewhere.sqlite", tmp_path / "here.sqlite"
@@ -165,7 +195,9 @@ def test_import_carries_another_machines_rows_and_keeps_what_is_here(tmp_path, i
     assert len(merged) == 6 and (merged["status"] == "ok").all()
     assert (merged["finished_at"] == "computed here").sum() == 1
     columns = ["image", "codec", "settings_hash", "rate", "bytes", "bpp", "psnr_rgb", "settings", "bitstream_sha256"]
-    pd.testing.assert_frame_equal(merged[columns].reset_index(drop=True), source[columns].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        merged[columns].reset_index(drop=True), source[columns].reset_index(drop=True), check_exact=True
+    )
     with sqlite3.connect(here) as conn:
         provenance = json.loads(conn.execute("SELECT provenance FROM runs WHERE name = 'exp'").fetchone()[0])
     assert provenance["imports"][0]["rows"] == 6 and provenance["imports"][0]["source_run"]["name"] == "exp"

@@ -30,7 +30,7 @@ from licbench.bench.metrics import image_metrics
 from licbench.codecs.base import Codec, CodecError, CodecTimeout, codec_class, make_codec, parse_codec_spec
 from licbench.image import ImageError, load_image
 from licbench.provenance import machine
-from licbench.store import OK, ResultStore
+from licbench.store import OK, ResultStore, hash_settings
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -67,8 +67,7 @@ def codec_identity(codec: Codec) -> tuple[str, dict[str, Any], str]:
     """(version, recorded settings, settings hash): what identifies a codec's rows in the store."""
     version = codec.version()
     settings = {**codec.describe(), "version": version}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return version, settings, digest[:16]
+    return version, settings, hash_settings(settings)
 
 
 def plan_codec(spec: str, rates: tuple[float, ...] | None = None) -> CodecPlan:

@@ -35,7 +35,9 @@ class ToyQuant(Codec):
     default_settings = {"delay": 0.0, "level": 6}
 
     def version(self) -> str:
-        return f"1.0 (zlib {zlib.ZLIB_VERSION})"
+        # TOY_QUANT_BUILD stands for a rebuilt encoder: the codec keeps its name, its version changes
+        build = os.environ.get("TOY_QUANT_BUILD")
+        return f"1.0{'+build' + build if build else ''} (zlib {zlib.ZLIB_VERSION})"
 
     def encode(self, image, rate, workdir: Path, timeout: float) -> Encoded:
         time.sleep(self.settings["delay"])
