@@ -130,7 +130,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         frame, superseded = current_settings_rows(frame)
         info["provenance"], invocations_left_out = provenance_of_rows(info["provenance"], frame)
         note = superseded_note({"superseded_rows": superseded}) or "no rows of older settings"
-        print(f"{note}; {invocations_left_out} invocations that computed none of the rows kept left out of the provenance")
+        print(f"{note}; invocations left out of the provenance, having computed none of the rows kept: {invocations_left_out}")
     out = Path(args.output)
     fmt = _table_format(out, args.format)
     if fmt == "csv":

@@ -63,6 +63,7 @@ def hash_settings(settings: dict[str, Any]) -> str:
     with the rows it computed."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+
 def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The rows of each codec's newest settings, and per codec how many rows of older ones it drops.
 

@@ -10,7 +10,6 @@ settings), so one run never mixes codec builds.
 from __future__ import annotations
 
 import hashlib
-import json
 import statistics
 import sys
 import tempfile
