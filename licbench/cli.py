@@ -121,7 +121,7 @@ def _wide_pandas():
 
 def cmd_export(args: argparse.Namespace) -> int:
     from licbench.report.check import superseded_note
-    from licbench.store import ResultStore, current_settings_rows, provenance_of_rows
+    from licbench.store import ResultStore, current_settings_rows, plain_records, provenance_of_rows
 
     with ResultStore(_db_path(args)) as store:
         info = store.run_info(args.run)
@@ -136,8 +136,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt == "csv":
         frame.to_csv(out, index=False)
     elif fmt == "json":  # Python's float repr, which reads back exactly (pandas' to_json keeps 15 digits at most)
-        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        out.write_text(json.dumps(records, indent=1) + "\n")
+        out.write_text(json.dumps(plain_records(frame), indent=1) + "\n")
     else:
         frame.to_parquet(out, index=False)
     record = _run_record_path(out)

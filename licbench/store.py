@@ -81,6 +81,19 @@ def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     return frame[keep], {str(codec): int(count) for codec, count in dropped.items()}
 
 
+def run_invocations(provenance: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every ``licbench run`` of a run's provenance, oldest first, each without the nesting that
+    ``record_invocation`` keeps them in (``earlier_invocations``, ``imports``)."""
+    latest = {key: value for key, value in provenance.items() if key not in ("earlier_invocations", "imports")}
+    return [*provenance.get("earlier_invocations", []), latest]
+
+
+def plain_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as plain Python values, None where pandas has NaN (how it reads an empty CSV/JSON
+    cell; the store's NULL)."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
 def provenance_of_rows(provenance: dict[str, Any], rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
     """A run's provenance cut down to the invocations that ran codec settings found in ``rows`` (shaped as
     ``record_invocation`` keeps them: the newest, with the others as ``earlier_invocations``), and
@@ -91,8 +104,7 @@ def provenance_of_rows(provenance: dict[str, Any], rows: pd.DataFrame) -> tuple[
     there. An invocation without a record of its codecs cannot be matched and is kept, as are
     the run's imports."""
     produced = set(zip(rows["codec"], rows["settings_hash"]))
-    latest = {key: value for key, value in provenance.items() if key not in ("earlier_invocations", "imports")}
-    invocations = [*provenance.get("earlier_invocations", []), *([latest] if latest else [])]
+    invocations = [invocation for invocation in run_invocations(provenance) if invocation]
 
     def computed_some_of_rows(invocation: dict[str, Any]) -> bool:
         codecs = invocation.get("codecs")
@@ -219,8 +231,7 @@ class ResultStore:
         unknown = set(frame.columns) - set(RESULT_COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns: {sorted(unknown)}")
-        # NaN is how pandas reads an empty CSV/JSON cell; the store's NULL is None
-        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        records = plain_records(frame)
         runs = {row["run"] for row in records}
         here = set().union(*(self.finished_keys(run) for run in runs))
         here_ok = set().union(*(self.finished_keys(run, include_failed=False) for run in runs))

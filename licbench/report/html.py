@@ -35,7 +35,7 @@ from licbench.report.check import (
     superseded_note,
 )
 from licbench.report.plots import PUBLISHED_COLOURS, Series, colour_map, history_plot, rd_plot
-from licbench.store import OK
+from licbench.store import OK, run_invocations
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Metric column -> how the report names it; all three are in dB (MS-SSIM as -10 log10(1 - MS-SSIM)).
@@ -378,7 +378,7 @@ def _invocations(provenance: dict[str, Any]) -> list[dict[str, str]]:
             "host": invocation.get("machine", {}).get("host", "unknown"),
             "argv": " ".join(str(a) for a in invocation.get("argv", [])),
         }
-        for invocation in [*provenance.get("earlier_invocations", []), provenance]
+        for invocation in run_invocations(provenance)
     ]
 
 
