@@ -83,9 +83,11 @@ def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
 
 def run_invocations(provenance: dict[str, Any]) -> list[dict[str, Any]]:
     """Every ``licbench run`` of a run's provenance, oldest first, each without the nesting that
-    ``record_invocation`` keeps them in (``earlier_invocations``, ``imports``)."""
+    ``record_invocation`` keeps them in (``earlier_invocations``, ``imports``). A run whose rows were
+    all imported has none (stores written by earlier versions may hold it as an empty earlier
+    invocation, which is dropped here)."""
     latest = {key: value for key, value in provenance.items() if key not in ("earlier_invocations", "imports")}
-    return [*provenance.get("earlier_invocations", []), latest]
+    return [invocation for invocation in (*provenance.get("earlier_invocations", []), latest) if invocation]
 
 
 def plain_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -104,7 +106,7 @@ def provenance_of_rows(provenance: dict[str, Any], rows: pd.DataFrame) -> tuple[
     there. An invocation without a record of its codecs cannot be matched and is kept, as are
     the run's imports."""
     produced = set(zip(rows["codec"], rows["settings_hash"]))
-    invocations = [invocation for invocation in run_invocations(provenance) if invocation]
+    invocations = run_invocations(provenance)
 
     def computed_some_of_rows(invocation: dict[str, Any]) -> bool:
         codecs = invocation.get("codecs")
@@ -171,7 +173,7 @@ class ResultStore:
             earlier = None
         if earlier is not None:
             imports = earlier.pop("imports", None)
-            invocation["earlier_invocations"] = earlier.pop("earlier_invocations", []) + [earlier]
+            invocation["earlier_invocations"] = run_invocations(earlier)
             if imports:
                 invocation["imports"] = imports
         self.save_run(name, dataset, invocation)

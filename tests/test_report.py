@@ -238,6 +238,29 @@ def test_every_invocation_of_a_run_is_listed_with_its_revision_and_command(small
     assert invocations[0][0] <= invocations[1][0]
 
 
+def test_a_run_of_imported_rows_lists_no_invocation_it_did_not_have(small, tmp_path):
+    """Rows imported without their run record come with no ``licbench run`` of this store: the
+    report says so instead of an unknown revision and an empty command, and a later invocation
+    is the run's only one."""
+    table = tmp_path / "rows.csv"
+    assert main(["--db", str(small.db), "export", "small", str(table)]) == 0
+    table.with_name(table.name + ".run.json").unlink()
+    db = tmp_path / "imported.sqlite"
+    assert main(["--db", str(db), "import", str(table)]) == 0
+    html = write_report(db, "small", None, tmp_path / "report").read_text()
+    imported = re.search(r'id="imported-only">([^<]*)<', html)
+    assert imported and str(table) in imported.group(1)
+    assert 'id="invocations"' not in html and "<dt>command</dt>" not in html
+
+    assert run_codecs(db, "small", small.root / "crops", "webp", ("webp=5,30,70,92",)) == 0
+    html = write_report(db, "small", None, tmp_path / "report").read_text()
+    assert 'id="invocations"' not in html and 'id="imported-only"' not in html
+    assert re.search(r"<dt>command</dt><dd><code>[^<]*--codecs webp ", html)
+    with ResultStore(db) as store:
+        provenance = store.run_info("small")["provenance"]
+    assert provenance["earlier_invocations"] == [] and provenance["imports"][0]["file"] == str(table)
+
+
 def test_rows_of_a_codecs_older_settings_are_left_out_and_said(small, tmp_path, capsys):
     """New weights or another build keep a codec's name but change its settings hash; a re-run
     computes the rows afresh and the old ones stay in the run. Analyses take the newest settings

@@ -428,6 +428,7 @@ def render_report(
         "machine_json": json.dumps(machine, indent=2, sort_keys=True),
         "packages_json": json.dumps(provenance.get("packages", {}), indent=2, sort_keys=True),
         "invocations": _invocations(provenance),
+        "imports": [imported["file"] for imported in provenance.get("imports", [])],
         "licbench_version": provenance.get("licbench", "unknown"),
         "history": _history(info["name"], list(history_files), colours),
     }
