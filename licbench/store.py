@@ -172,7 +172,7 @@ class ResultStore:
         except KeyError:
             earlier = None
         if earlier is not None:
-            imports = earlier.pop("imports", None)
+            imports = earlier.get("imports")
             invocation["earlier_invocations"] = run_invocations(earlier)
             if imports:
                 invocation["imports"] = imports
