@@ -8,6 +8,11 @@ BD-rate: average-curve aggregation (the curves averaged over the images of the r
 PSNR-RGB unless --metric says otherwise; negative = fewer bits than the anchor for the same
 quality. A cell is "n/a" when the curves do not overlap, and its value is starred when they overlap
 on only part of their range; the reason and the interval are printed below the table.
+
+To compare new weights with the ones they replace: import the exported results of the old ones
+(`licbench import results/runs/kodak.csv`), run the codecs again (their settings record the zoo
+file's sha256, so they are computed afresh under the same names), then `--previous --anchors
+prev-msp,...`: each codec's settings before its newest are its `prev-` rows.
 """
 
 from __future__ import annotations
@@ -67,8 +72,12 @@ def main() -> None:
         "--images", type=int, metavar="N",
         help="only the run's first N images by name (to compare a codec run on fewer images with the others on the same ones)",
     )
+    parser.add_argument(
+        "--previous", action="store_true",
+        help="also each codec's settings before its newest, as prev-CODEC (new weights against the ones they replace)",
+    )
     args = parser.parse_args()
-    info, frame = load_run(args.db, args.run)
+    info, frame = load_run(args.db, args.run, previous=args.previous)
     if args.images is not None:
         if args.images < 1:
             parser.error("--images must be >= 1")

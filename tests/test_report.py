@@ -9,6 +9,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -288,6 +289,32 @@ def test_rows_of_a_codecs_older_settings_are_left_out_and_said(small, tmp_path, 
     html = write_report(db, "small", None, tmp_path / "report").read_text()
     assert "(webp 12)" in unescape(re.search(r'id="superseded-note">([^<]*)<', html).group(1))
     assert Page(html).rows_by_first_cell("bd-1-psnr-rgb")["webp"] != small.page.rows_by_first_cell("bd-1-psnr-rgb")["webp"]
+
+
+def test_bd_matrix_sets_each_codecs_previous_settings_beside_its_newest(small, tmp_path):
+    """New weights against the ones they replace, in one store (``bench/bd_matrix.py --previous``):
+    the settings before each codec's newest become ``prev-CODEC``; those older still are left out
+    and said."""
+    db = tmp_path / "rerun.sqlite"
+    shutil.copy(small.db, db)
+    with ResultStore(db) as store:
+        webp = store.results("small").query("codec == 'webp'")
+        for settings_hash, finished_at, bpp_factor in (("0lder", "2026-01-02", 1.25), ("0ldest", "2026-01-01", 2)):
+            rows = webp.assign(settings_hash=settings_hash, finished_at=finished_at, bpp=webp["bpp"] * bpp_factor)
+            assert store.merge_rows(rows)["added"] == 12
+    script = Path(__file__).parents[1] / "bench" / "bd_matrix.py"
+    command = [sys.executable, str(script), "--db", str(db), "--run", "small", "--previous", "--anchors", "prev-webp,jpeg"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines() if line.startswith("| ")}
+    # The newest webp curve is the previous one at 1/1.25 of its bits: BD-rate 0.8 - 1.
+    assert cells["webp"][0] == "-20.0 %"
+    assert cells["prev-webp"][0] == "-"
+    assert "prev-jpeg" not in cells  # jpeg was run with one settings only
+    # Against jpeg the newest webp is where it was before the older rows came in.
+    expected = expected_bd(small.frame, "jpeg", "psnr_rgb", "average-curve")["webp"]
+    assert cells["webp"][1].rstrip(" |") == f"{expected:+.1f} %"
+    assert "rows of older settings left out (webp 12)" in done.stdout
 
 
 def test_report_with_another_anchor_and_bad_anchors(small, tmp_path, capsys):

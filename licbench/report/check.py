@@ -32,7 +32,7 @@ from licbench.codecs.base import parse_codec_spec
 from licbench.datasets.catalogue import KNOWN_DATASETS
 from licbench.provenance import git_revision
 from licbench.published import DATASETS, PublishedCurve, PublishedError, load_published
-from licbench.store import OK, ResultStore, current_settings_rows
+from licbench.store import OK, ResultStore, current_settings_rows, previous_settings_rows
 
 PUBLISHED_PREFIX = "published:"
 # VTM 18.0 all-intra 4:4:4 is the reference "VVC" anchor wherever a published curve exists.
@@ -335,9 +335,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def load_run(db_path: str | Path, run: str) -> tuple[dict, pd.DataFrame]:
+def load_run(db_path: str | Path, run: str, previous: bool = False) -> tuple[dict, pd.DataFrame]:
     """(run info, result rows) of ``run``, each codec's newest settings only
-    (:func:`current_settings_rows`; ``info["superseded_rows"]`` counts the rows left out per codec);
+    (:func:`current_settings_rows`; ``info["superseded_rows"]`` counts the rows left out per codec),
+    with ``previous`` also the settings before those as ``prev-CODEC`` (:func:`previous_settings_rows`);
     a clear CheckError when the database or rows are missing."""
     if not Path(db_path).is_file():
         raise CheckError(f"results database {db_path} does not exist")
@@ -346,8 +347,11 @@ def load_run(db_path: str | Path, run: str) -> tuple[dict, pd.DataFrame]:
         frame = store.results(run)
     if frame.empty:
         raise CheckError(f"run {run!r} in {db_path} has no results")
-    frame, superseded = current_settings_rows(frame)
-    return {**info, "superseded_rows": superseded}, frame
+    current, superseded = current_settings_rows(frame)
+    if previous:
+        earlier, superseded = previous_settings_rows(frame)
+        current = pd.concat([current, earlier], ignore_index=True)
+    return {**info, "superseded_rows": superseded}, current
 
 
 def superseded_note(info: dict[str, Any]) -> str | None:
