@@ -81,21 +81,6 @@ def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     return frame[keep], {str(codec): int(count) for codec, count in dropped.items()}
 
 
-PREVIOUS_PREFIX = "prev-"
-
-
-def previous_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The rows of each codec's settings before its newest, relabelled ``prev-CODEC``, and per codec
-    how many rows of settings older still it drops.
-
-    A store that holds the exported results of the shipped weights and a re-run with new ones has
-    both under one name; this sets the replaced ones beside the new so that the two can be compared
-    (the newest settings: :func:`current_settings_rows`).
-    """
-    current, _ = current_settings_rows(frame)
-    previous, older = current_settings_rows(frame.drop(current.index))
-    return previous.assign(codec=PREVIOUS_PREFIX + previous["codec"]), older
-
 
 def run_invocations(provenance: dict[str, Any]) -> list[dict[str, Any]]:
     """Every ``licbench run`` of a run's provenance, oldest first, each without the nesting that

@@ -32,9 +32,10 @@ from licbench.codecs.base import parse_codec_spec
 from licbench.datasets.catalogue import KNOWN_DATASETS
 from licbench.provenance import git_revision
 from licbench.published import DATASETS, PublishedCurve, PublishedError, load_published
-from licbench.store import OK, ResultStore, current_settings_rows, previous_settings_rows
+from licbench.store import OK, ResultStore, current_settings_rows
 
 PUBLISHED_PREFIX = "published:"
+PREVIOUS_PREFIX = "prev-"  # load_run(previous=True): the settings a codec had before its newest
 # VTM 18.0 all-intra 4:4:4 is the reference "VVC" anchor wherever a published curve exists.
 DEFAULT_PUBLISHED_ANCHOR = "vtm-18.0"
 DEFAULT_METRIC = "psnr_rgb"
@@ -337,9 +338,13 @@ def _now() -> str:
 
 def load_run(db_path: str | Path, run: str, previous: bool = False) -> tuple[dict, pd.DataFrame]:
     """(run info, result rows) of ``run``, each codec's newest settings only
-    (:func:`current_settings_rows`; ``info["superseded_rows"]`` counts the rows left out per codec),
-    with ``previous`` also the settings before those as ``prev-CODEC`` (:func:`previous_settings_rows`);
-    a clear CheckError when the database or rows are missing."""
+    (:func:`current_settings_rows`; ``info["superseded_rows"]`` counts the rows left out per codec);
+    a clear CheckError when the database or rows are missing.
+
+    With ``previous``, also each codec's settings before its newest, as ``prev-CODEC``: a store that
+    holds the exported results of the shipped weights and a re-run with new ones has both under one
+    name, and this sets the replaced ones beside the new.
+    """
     if not Path(db_path).is_file():
         raise CheckError(f"results database {db_path} does not exist")
     with ResultStore(db_path) as store:
@@ -349,8 +354,8 @@ def load_run(db_path: str | Path, run: str, previous: bool = False) -> tuple[dic
         raise CheckError(f"run {run!r} in {db_path} has no results")
     current, superseded = current_settings_rows(frame)
     if previous:
-        earlier, superseded = previous_settings_rows(frame)
-        current = pd.concat([current, earlier], ignore_index=True)
+        earlier, superseded = current_settings_rows(frame.drop(current.index))
+        current = pd.concat([current, earlier.assign(codec=PREVIOUS_PREFIX + earlier["codec"])], ignore_index=True)
     return {**info, "superseded_rows": superseded}, current
 
 
