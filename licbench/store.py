@@ -81,7 +81,6 @@ def current_settings_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     return frame[keep], {str(codec): int(count) for codec, count in dropped.items()}
 
 
-
 def run_invocations(provenance: dict[str, Any]) -> list[dict[str, Any]]:
     """Every ``licbench run`` of a run's provenance, oldest first, each without the nesting that
     ``record_invocation`` keeps them in (``earlier_invocations``, ``imports``). A run whose rows were
