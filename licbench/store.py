@@ -97,20 +97,27 @@ def plain_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def provenance_of_rows(provenance: dict[str, Any], rows: pd.DataFrame) -> tuple[dict[str, Any], int]:
-    """A run's provenance cut down to the invocations that ran codec settings found in ``rows`` (shaped as
-    ``record_invocation`` keeps them: the newest, with the others as ``earlier_invocations``), and
+    """A run's provenance cut down to the invocations that may have computed some of ``rows`` (shaped
+    as ``record_invocation`` keeps them: the newest, with the others as ``earlier_invocations``), and
     how many invocations it left out.
 
     A run keeps every invocation because each one's rows stay in it; once rows are left out
     (``current_settings_rows``), an invocation that computed only those describes nothing that is
-    there. An invocation without a record of its codecs cannot be matched and is kept, as are
-    the run's imports."""
-    produced = set(zip(rows["codec"], rows["settings_hash"]))
+    there. An invocation computed a row when it ran the row's codec settings and started no later
+    than the row finished: a re-run that found a codec's rows already done (imported, or computed
+    by an earlier invocation) ran its settings but computed none of them. An invocation without a
+    record of its codecs cannot be matched and is kept, as are the run's imports."""
+    # ISO 8601 UTC stamps, all written by _now(), so they compare as strings
+    last_finished = rows.groupby(["codec", "settings_hash"])["finished_at"].max().to_dict()
     invocations = run_invocations(provenance)
 
     def computed_some_of_rows(invocation: dict[str, Any]) -> bool:
         codecs = invocation.get("codecs")
-        return codecs is None or any((spec, hash_settings(c["settings"])) in produced for spec, c in codecs.items())
+        if codecs is None:
+            return True
+        started = invocation.get("invoked_utc", "")
+        finished = (last_finished.get((spec, hash_settings(codec["settings"]))) for spec, codec in codecs.items())
+        return any(stamp is not None and stamp >= started for stamp in finished)
 
     kept = [invocation for invocation in invocations if computed_some_of_rows(invocation)]
     result = {**kept[-1], "earlier_invocations": kept[:-1]} if kept else {}

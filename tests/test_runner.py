@@ -151,19 +151,22 @@ def test_export_current_keeps_the_newest_settings_and_the_invocations_that_ran_t
     monkeypatch.setenv("TOY_QUANT_BUILD", "2")
     rebuilt = licbench_cli(*run, "--codecs", "toy-quant,toy-quant:level=1", db=db)
     assert rebuilt.returncode == 0 and "18 jobs, 0 already done" in rebuilt.stderr  # 6 + 12 (default rates)
+    # a re-run that finds every job done runs the current settings but computes none of the rows
+    time.sleep(1.1)  # invocations and rows are stamped to the second
+    assert "18 already done, 0 to run" in licbench_cli(*run, "--codecs", "toy-quant,toy-quant:level=1", db=db).stderr
 
     everything, current = tmp_path / "all.csv", tmp_path / "current.csv"
     assert licbench_cli("export", "exp", str(everything), db=db).returncode == 0
     result = licbench_cli("export", "exp", str(current), "--current", db=db)
     assert result.returncode == 0, result.stderr
-    assert "rows of older settings left out (toy-quant 6)" in result.stdout and "having computed none of the rows kept: 1" in result.stdout
+    assert "rows of older settings left out (toy-quant 6)" in result.stdout and "having computed none of the rows kept: 2" in result.stdout
     assert len(pd.read_csv(everything)) == 6 + 18
     rows_kept = pd.read_csv(current)
     assert len(rows_kept) == 18 and rows_kept["codec_version"].str.contains("build2").all()
     full = json.loads(Path(f"{everything}.run.json").read_text())["provenance"]
     kept = json.loads(Path(f"{current}.run.json").read_text())["provenance"]
-    assert len(full["earlier_invocations"]) == 1 and kept["earlier_invocations"] == []
-    assert kept["argv"] == full["argv"] and "toy-quant:level=1" in kept["codecs"]
+    assert len(full["earlier_invocations"]) == 2 and kept["earlier_invocations"] == []
+    assert kept["invoked_utc"] == full["earlier_invocations"][1]["invoked_utc"] and "toy-quant:level=1" in kept["codecs"]
 
     # the current rows are what a fresh store needs to skip the jobs already done
     fresh = tmp_path / "fresh.sqlite"
