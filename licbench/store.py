@@ -106,7 +106,8 @@ def provenance_of_rows(provenance: dict[str, Any], rows: pd.DataFrame) -> tuple[
     there. An invocation computed a row when it ran the row's codec settings and started no later
     than the row finished: a re-run that found a codec's rows already done (imported, or computed
     by an earlier invocation) ran its settings but computed none of them. An invocation without a
-    record of its codecs cannot be matched and is kept, as are the run's imports."""
+    record of its codecs cannot be matched and is kept, one without a start time (written by an
+    earlier version) is matched on its settings alone, and the run's imports are kept."""
     # ISO 8601 UTC stamps, all written by _now(), so they compare as strings
     last_finished = rows.groupby(["codec", "settings_hash"])["finished_at"].max().to_dict()
     invocations = run_invocations(provenance)
