@@ -27,6 +27,7 @@ from compressai.latent_codecs import RasterScanLatentCodec
 from PIL import Image
 
 from licbench.models import TRANSFORM_CONFIGS, LearnedCodec, build_model
+from licbench.training.data import rgb_tensor
 
 KODAK_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak" / "kodim23.png"
 MODELS: dict[str, tuple[str, str | None]] = {
@@ -49,7 +50,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def test_image(width: int, height: int, stride: int) -> torch.Tensor:
     """A Kodak image resized to width x height, replicate-padded to the stride."""
     image = Image.open(KODAK_IMAGE).convert("RGB").resize((width, height), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255
+    x = rgb_tensor(np.asarray(image))[None]
     return F.pad(x, (0, -width % stride, 0, -height % stride), mode="replicate")
 
 

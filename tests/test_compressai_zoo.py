@@ -27,6 +27,7 @@ from compressai.zoo.image import cfgs, model_urls
 from conftest import damaged_copies, kodak_image
 from licbench.codecs.base import Codec, CodecError, CodecUnavailable, codec_class, codec_names
 from licbench.codecs.compressai_zoo import ARCHITECTURE_QUALITIES, MIRROR_ENV, PAD_MULTIPLE, unpack_bitstream
+from licbench.training.data import rgb_tensor
 from licbench.training.evaluate import pad_to_multiple
 
 ARCH = "bmshj2018-hyperprior"
@@ -85,7 +86,7 @@ def test_round_trip_is_compressai_coding(image: np.ndarray, tmp_path: Path):
 
     # The same image through CompressAI's own model: same strings, same decoded pixels.
     reference = compressai_model(seed=0)
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = rgb_tensor(image)[None]
     with torch.no_grad():
         out = reference.compress(pad_to_multiple(x, PAD_MULTIPLE))
         x_hat = reference.decompress(out["strings"], out["shape"])["x_hat"]

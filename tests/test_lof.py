@@ -14,6 +14,7 @@ import torch
 from conftest import kodak_image
 from licbench.codecs.base import CodecError, CodecTimeout, codec_class, make_codec
 from licbench.models.lof import LatentOverfitting, overfit_latent
+from licbench.training.data import rgb_tensor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -58,7 +59,7 @@ def test_the_record_is_what_the_coder_writes():
     codec = codec_class("msp")()
     model = codec._loaded[0]
     image = crop(96, 128)
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0)
+    x = rgb_tensor(image)[None]
     lmbda = model.rd_objective[1][RATE]
     latent, record = overfit_latent(model, x, RATE, lmbda, LatentOverfitting(8, learning_rate=0.005, check_every=4))
 

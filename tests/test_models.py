@@ -27,6 +27,7 @@ from PIL import Image
 from licbench.models import MODEL_NAMES, TRANSFORM_CONFIGS, BitstreamError, LearnedCodec, build_model
 from licbench.models.entropy import IndexedGaussianConditional
 from licbench.models.msp import PROFILES, MSPProfile
+from licbench.training.data import rgb_tensor
 
 REPO = Path(__file__).resolve().parents[1]
 KODAK = REPO.parent / "shared" / "data" / "kodak"
@@ -55,7 +56,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @functools.cache
 def kodak(name: str = "kodim23") -> torch.Tensor:
     image = Image.open(KODAK / f"{name}.png").convert("RGB")
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255
+    return rgb_tensor(np.asarray(image))[None]
 
 
 def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:

@@ -336,6 +336,7 @@ class CompressAIZooCodec(Codec):
     def encode(self, image: np.ndarray, rate: float, workdir: Path, timeout: float) -> Encoded:
         import torch
 
+        from licbench.training.data import rgb_tensor
         from licbench.training.evaluate import pad_to_multiple
 
         check_rgb(image, self.name)
@@ -344,7 +345,7 @@ class CompressAIZooCodec(Codec):
         if max(height, width) > _MAX_SIDE:
             raise CodecError(f"{self.name}: image {width}x{height} is larger than {_MAX_SIDE} pixels on a side")
         model = self.model(quality)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
+        x = rgb_tensor(image)[None]
         with torch.no_grad():
             compressed = model.compress(pad_to_multiple(x, PAD_MULTIPLE).to(self.settings["device"]))
         strings = [batch[0] for batch in compressed["strings"]]

@@ -186,13 +186,14 @@ class LearnedImageCodec(Codec):
     def _encode(self, image: np.ndarray, rate: float) -> Encoded:
         import torch
 
+        from licbench.training.data import rgb_tensor
         from licbench.training.evaluate import pad_to_multiple
 
         check_rgb(image, self.name)
         model, digest, _ = self._loaded
         rate_index = self._rate_index(rate)
         height, width = image.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
+        x = rgb_tensor(image)[None]
         x = pad_to_multiple(x, model.stride).to(self.settings["device"])
         info: dict[str, Any] = {"rate_index": rate_index}
         latent = None

@@ -77,9 +77,15 @@ def usable_for_crop(files: Sequence[Path], crop: int) -> tuple[list[Path], list[
     return usable, too_small
 
 
+def rgb_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """8-bit H x W x 3 RGB pixels as a 3 x H x W float tensor in [0, 1]. The pixels are copied, so
+    they may be a read-only or reversed view (a PIL image's array, a flipped crop)."""
+    return torch.from_numpy(np.array(pixels, order="C")).permute(2, 0, 1).float().div_(255.0)
+
+
 def image_tensor(path: Path) -> torch.Tensor:
     """The image as a 3 x H x W float tensor in [0, 1] (8-bit RGB per :func:`load_image`)."""
-    return torch.from_numpy(load_image(path)).permute(2, 0, 1).float().div_(255.0)
+    return rgb_tensor(load_image(path))
 
 
 class RandomCrops(Dataset):
@@ -109,7 +115,7 @@ class RandomCrops(Dataset):
         patch = pixels[top : top + self.crop, left : left + self.crop]
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float().div_(255.0)
+        return rgb_tensor(patch)
 
 
 class StepBatches(Sampler):
