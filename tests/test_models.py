@@ -22,15 +22,14 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import GaussianConditional
 from compressai.models.base import get_scale_table
-from PIL import Image
 
+from conftest import kodak_image
 from licbench.models import MODEL_NAMES, TRANSFORM_CONFIGS, BitstreamError, LearnedCodec, build_model
 from licbench.models.entropy import IndexedGaussianConditional
 from licbench.models.msp import PROFILES, MSPProfile
 from licbench.training.data import rgb_tensor
 
 REPO = Path(__file__).resolve().parents[1]
-KODAK = REPO.parent / "shared" / "data" / "kodak"
 
 RATE = 5  # the calibrated rate index (of the default 6)
 REDUCED = dict(channels=16, latent_channels=16)
@@ -54,9 +53,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache
-def kodak(name: str = "kodim23") -> torch.Tensor:
-    image = Image.open(KODAK / f"{name}.png").convert("RGB")
-    return rgb_tensor(np.asarray(image))[None]
+def kodak() -> torch.Tensor:
+    """kodim23 as a 1 x 3 x H x W tensor in [0, 1]."""
+    return rgb_tensor(kodak_image(23))[None]
 
 
 def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
