@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from licbench.bench.bd import average_curve
-from licbench.report.check import OK, bd_rates, load_run, resolve_anchor, superseded_note
+from licbench.report.check import OK, CheckError, bd_rates, load_run, resolve_anchor, superseded_note
 
 
 def rd_table(frame: pd.DataFrame, codecs: list[str], metric: str) -> str:
@@ -77,20 +77,28 @@ def main() -> None:
         help="also each codec's settings before its newest, as prev-CODEC (new weights against the ones they replace)",
     )
     args = parser.parse_args()
+    if args.images is not None and args.images < 1:
+        parser.error("--images must be >= 1")
+    try:
+        print_matrix(args)
+    except CheckError as error:  # a missing store, run or anchor: one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def print_matrix(args: argparse.Namespace) -> None:
     info, frame = load_run(args.db, args.run, previous=args.previous)
     if args.images is not None:
-        if args.images < 1:
-            parser.error("--images must be >= 1")
         frame = frame[frame["image"].isin(sorted(frame["image"].unique())[: args.images])]
     codecs = args.codecs.split(",") if args.codecs else sorted(frame["codec"].unique())
     anchors = args.anchors.split(",")
+    # computed before anything is printed, so that a bad anchor leaves no half table behind
+    matrix, notes = bd_matrix(frame, info["dataset"], codecs, anchors, args.metric)
     print(f"run {args.run!r}, dataset {info['dataset']}, {frame['image'].nunique()} images, metric {args.metric}\n")
     if note := superseded_note(info):
         print(f"Note: {note}.\n")
     run_anchors = [a for a in anchors if a in set(frame["codec"]) and a not in codecs]
     print(rd_table(frame, codecs + run_anchors, args.metric))
     print()
-    matrix, notes = bd_matrix(frame, info["dataset"], codecs, anchors, args.metric)
     print(matrix)
     if notes:
         print("\n\\* over a partial overlap only (interval below); n/a: no overlap\n")

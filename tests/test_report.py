@@ -315,6 +315,10 @@ def test_bd_matrix_sets_each_codecs_previous_settings_beside_its_newest(small, t
     expected = expected_bd(small.frame, "jpeg", "psnr_rgb", "average-curve")["webp"]
     assert cells["webp"][1].rstrip(" |") == f"{expected:+.1f} %"
     assert "rows of older settings left out (webp 12)" in done.stdout
+    # Without --previous there is no prev-webp: one line naming it, and no half-printed table.
+    bad = subprocess.run(command[:6] + ["--anchors", "prev-webp"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert len(bad.stderr.splitlines()) == 1 and "'prev-webp' is not a codec of the run" in bad.stderr
 
 
 def test_report_with_another_anchor_and_bad_anchors(small, tmp_path, capsys):
